@@ -1,0 +1,4 @@
+"""`python -m reslab` runs the command line."""
+from .cli import entry
+
+entry()

@@ -1,0 +1,116 @@
+"""Splits and the device-resident batch loader: uint8 data on the device, normalized and augmented per batch."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and val indices with every class split in the same proportion; the same seed gives the same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(round(len(members) * val_fraction))
+        if n_val == 0 or n_val == len(members):
+            raise ConfigError(f"val_fraction {val_fraction} leaves class {cls} ({len(members)} samples) with an "
+                              "empty train or val part; use a larger dataset or another fraction")
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
+    x = images.reshape(images.shape[0], images.shape[1], -1)
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        channel = x[:, c].astype(np.float64) / 255.0   # one channel at a time keeps memory small
+        mean.append(float(channel.mean()))
+        std.append(float(channel.std()))
+    return mean, std
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Per-sample random crop from a zero-padded image and random horizontal flip, as batched tensor ops."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    dev = images.device
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
+    flip = torch.rand(n, 1, generator=generator, device=dev) < 0.5
+    cols = torch.arange(w, device=dev).expand(n, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + dx          # flipping is reading columns backwards
+    rows = torch.arange(h, device=dev).expand(n, h) + dy
+    batch = torch.arange(n, device=dev)[:, None, None]
+    # Advanced indexing around the channel slice gathers (N, H, W, C); move channels back.
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class TensorLoader:
+    """Batches of one split held as a uint8 tensor on the device, yielded as normalized float (x, y)."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, batch_size: int,
+                 mean: list[float], std: list[float], device: torch.device | str = "cpu", shuffle: bool = False,
+                 augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        # torch.tensor copies: the arrays may be read-only views of the files' bytes.
+        self.images = torch.tensor(images, dtype=torch.uint8, device=self.device)
+        self.labels = torch.tensor(labels, dtype=torch.int64, device=self.device)
+        self.batch_size = batch_size
+        self.mean, self.std = list(mean), list(std)
+        # x/255 normalized is one multiply-add: x * scale + shift.
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+        self.shuffle, self.augment = shuffle, augment
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self._shard_size() // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per pass."""
+        return self._shard_size()
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        return n // self.world_size if self.world_size > 1 else n
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        if self.world_size > 1:  # every rank draws the same permutation and takes its own stride of it
+            order = order[: self._shard_size() * self.world_size][self.rank::self.world_size]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                x = random_crop_flip(x, self.generator)
+            x = x.float().mul_(self.scale).add_(self.shift)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+
+    def state_dict(self) -> dict:
+        """The generator state, so a resumed run draws the same batches."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,231 @@
+"""The four model families and a registry that builds them by name."""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Put a model builder `fn(input_shape, num_classes, **kwargs)` in the registry under its name."""
+    _REGISTRY[builder.__name__] = builder
+    return builder
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_arguments(name: str) -> dict[str, object]:
+    """The keyword arguments a model accepts, with their defaults."""
+    builder = _builder(name)
+    params = list(inspect.signature(builder).parameters.values())[2:]
+    return {p.name: p.default for p in params}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """Build a registered model; unknown keyword arguments are a one-line error naming the valid ones."""
+    builder = _builder(name)
+    valid = model_arguments(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes: {', '.join(valid)}")
+    model = builder(tuple(input_shape), num_classes, **kwargs)
+    model.reslab_spec = {"name": name, "args": {**valid, **kwargs}}   # recorded in checkpoints
+    return model
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+
+
+class MLP(nn.Module):
+    """Fully connected layers with ReLU and dropout after the last hidden layer."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers += [nn.Dropout(dropout), nn.Linear(width, num_classes)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ResidualBlock(nn.Module):
+    """linear-ReLU-linear-dropout, add the input, ReLU."""
+
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = torch.relu(self.fc1(x))
+        out = self.dropout(self.fc2(out))
+        return torch.relu(out + identity)
+
+
+class ResidualMLP(nn.Module):
+    """FC to a fixed width, residual blocks, FC to the classes."""
+
+    def __init__(self, in_features: int, width: int, blocks: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc_in = nn.Linear(in_features, width)
+        self.blocks = nn.Sequential(*[ResidualBlock(width, dropout) for _ in range(blocks)])
+        self.fc_out = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.fc_in(self.flatten(x)))
+        out = self.blocks(out)
+        return self.fc_out(out)
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (a BatchNorm follows)."""
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two conv3x3-BN, identity skip (a 1x1 projection where the shape changes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.shortcut(x)
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return torch.relu(out)
+
+
+class SimpleCNN(nn.Module):
+    """Plain conv3x3-ReLU layers, channels doubling, 2x2 max-pool after every second layer, FC head."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int, width: int,
+                 max_width: int, hidden: int, dropout: float):
+        super().__init__()
+        channels, h, w = input_shape
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            out_ch = min(width * 2 ** i, max_width)
+            layers += [nn.Conv2d(channels, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+            channels = out_ch
+            if i % 2 == 1 and min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * h * w, hidden), nn.ReLU(inplace=True),
+                                        nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class ResidualCNN(nn.Module):
+    """Stem conv3x3-BN-ReLU, BasicBlocks, global average pool, dropout, linear classifier."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int, width: int,
+                 max_width: int, downsamples: int, dropout: float):
+        super().__init__()
+        channels = input_shape[0]
+        self.stem = nn.Sequential(conv3x3(channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        blocks, in_ch = [], width
+        for i in range(depth):
+            # Blocks 1..downsamples halve the resolution and double the width: even a shallow net sees the
+            # whole image before the global pool.
+            stride = 2 if 1 <= i <= downsamples else 1
+            out_ch = min(in_ch * stride, max_width)
+            blocks.append(BasicBlock(in_ch, out_ch, stride))
+            in_ch = out_ch
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_ch, num_classes)
+        self.num_features = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.blocks(self.stem(x)))
+        return self.fc(self.dropout(out))
+
+
+@register_model
+def mlp(input_shape, num_classes, hidden=(128, 64), dropout=0.2) -> nn.Module:
+    """Multilayer perceptron; the reference lab's is 784-128-64-Dropout(0.2)-10."""
+    hidden = tuple(hidden)
+    for size in hidden:
+        _positive("hidden size", size)
+    _probability("dropout", dropout)
+    return MLP(_numel(input_shape), hidden, num_classes, dropout)
+
+
+@register_model
+def resmlp(input_shape, num_classes, width=110, blocks=2, dropout=0.2) -> nn.Module:
+    """Residual MLP: FC(width), `blocks` residual blocks, FC(classes)."""
+    _positive("width", width)
+    _positive("blocks", blocks)
+    _probability("dropout", dropout)
+    return ResidualMLP(_numel(input_shape), width, blocks, num_classes, dropout)
+
+
+@register_model
+def cnn(input_shape, num_classes, depth=3, width=64, max_width=256, hidden=128, dropout=0.2) -> nn.Module:
+    """Plain CNN of `depth` conv layers."""
+    for name, value in (("depth", depth), ("width", width), ("max_width", max_width), ("hidden", hidden)):
+        _positive(name, value)
+    _probability("dropout", dropout)
+    return SimpleCNN(tuple(input_shape), num_classes, depth, width, max_width, hidden, dropout)
+
+
+@register_model
+def rescnn(input_shape, num_classes, depth=3, width=64, max_width=256, downsamples=2, dropout=0.2) -> nn.Module:
+    """Residual CNN of `depth` BasicBlocks."""
+    for name, value in (("depth", depth), ("width", width), ("max_width", max_width)):
+        _positive(name, value)
+    if not isinstance(downsamples, int) or downsamples < 0:
+        raise ConfigError(f"downsamples must be a non-negative integer, got {downsamples!r}")
+    _probability("dropout", dropout)
+    return ResidualCNN(tuple(input_shape), num_classes, depth, width, max_width, downsamples, dropout)
+
+
+def _numel(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count

@@ -1,0 +1,161 @@
+"""One training run end to end: data, split, loaders, model, train_model, test evaluation, run folder."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import read_checkpoint
+from .config import TrainConfig
+from .datasets import Dataset, load_dataset
+from .errors import ReslabError
+from .evaluate import evaluate
+from .loader import TensorLoader, channel_stats, stratified_split
+from .models import build_model
+from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
+from .train import resolve_device, train_model
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best_model.pth", "last.pth")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; with `deterministic`, ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run folder; refuse to reuse one unless resuming or overwriting."""
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
+                              "replace it, or --name for a new one")
+        shutil.rmtree(run_dir)
+    if resume and not (run_dir / "last.pth").is_file():
+        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ReslabError(f"output folder {run_dir} is not writable ({exc.strerror or exc})") from None
+
+
+def make_loaders(data: Dataset, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Stratified split, normalization statistics of the train part, and the three loaders."""
+    train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
+    if config.train_subset is not None and config.train_subset < len(train_idx):
+        keep, _ = stratified_split(data.train_labels[train_idx], 1 - config.train_subset / len(train_idx), config.seed)
+        train_idx = train_idx[keep]
+    mean, std = channel_stats(data.train_images[train_idx])
+    augment = config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
+    channels_last = device.type == "cuda" and config.model.endswith("cnn")
+    common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
+    return {
+        "train": TensorLoader(data.train_images[train_idx], data.train_labels[train_idx], config.batch_size,
+                              shuffle=True, augment=augment, seed=config.seed, **common),
+        "val": TensorLoader(data.train_images[val_idx], data.train_labels[val_idx], config.eval_batch_size, **common),
+        "test": TensorLoader(data.test_images, data.test_labels, config.eval_batch_size, **common),
+        "mean": mean, "std": std, "augment": augment,
+    }
+
+
+def hardware_name(device: torch.device) -> str:
+    """A short description of the device the run used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+                 tracker: Tracker | None = None, console: bool = True) -> dict[str, Any]:
+    """Train and test one model as `config` says, writing the run folder; return the summary."""
+    run_dir = config.run_dir
+    resume_state = None
+    if resume:
+        resume_state = read_checkpoint(run_dir / "last.pth") if (run_dir / "last.pth").is_file() else None
+        if resume_state is not None:
+            config = TrainConfig.from_dict(resume_state["config"])
+    prepare_run_dir(run_dir, resume, overwrite)
+    seed_everything(config.seed, config.deterministic)
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, config.data_dir)
+    if not data.official:
+        print(f"note: the {data.name} files in use are not the official release (checksums differ); "
+              "results are close to, not equal to, official figures", flush=True)
+    loaders = make_loaders(data, config, device)
+    model = build_model(config.model, data.input_shape, data.num_classes, **config.model_args)
+    if loaders["train"].channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
+             "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
+             "num_train": loaders["train"].num_samples, "num_val": len(loaders["val"].labels),
+             "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
+             "torch_version": str(torch.__version__)}
+    full_config = {**config.to_dict(), **facts}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
+
+    history_so_far = resume_state["history"] if resume_state else []
+    wandb = None if config.wandb == "disabled" else WandbTracker(
+        config.wandb, run_dir, config.wandb_project, config.run_name, config.wandb_group,
+        config.wandb_job_type, resume_state.get("wandb_id") if resume_state else None)
+    trackers = Trackers(ConsoleTracker(config.epochs) if console else None,
+                        JsonlTracker(run_dir / "metrics.jsonl", history_so_far), wandb, tracker)
+    trackers.start(full_config)
+    meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "classes": data.classes, "normalization": full_config["normalization"],
+            "wandb_id": wandb.run_id if wandb is not None else None}
+    exit_code = 1
+    try:
+        history = train_model(model, loaders["train"], loaders["val"], config, trackers, run_dir, meta, resume_state)
+        test = evaluate(model, loaders["test"], data.num_classes, config.amp)
+        summary = {
+            "model": config.model, "model_args": model.reslab_spec["args"], "dataset": data.name,
+            "seed": config.seed, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "test_precision": test["precision"], "test_recall": test["recall"], "test_f1": test["f1"],
+            "epochs_run": len(history.epochs), "best_epoch": history.best_epoch,
+            "best_val_loss": history.best_val_loss, "stopped_by": history.stopped_by,
+            "train_seconds": round(history.train_seconds, 3), "data_official": data.official,
+            "device": str(device), "hardware": facts["hardware"], "num_parameters": facts["num_parameters"],
+            "test_per_class_precision": test["per_class_precision"],
+            "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"],
+        }
+        if history.nan_at:
+            summary["nan_at"] = history.nan_at
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        trackers.log_summary(summary)
+        exit_code = 0
+    finally:
+        trackers.finish(exit_code)
+    if console:
+        print_summary(summary, run_dir, config)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -> None:
+    """The closing lines of a run on the console."""
+    if summary["stopped_by"] == "nan":
+        print(f"stopped: the training loss became NaN or infinite at {summary['nan_at']}; the learning rate "
+              f"(lr={config.lr}) is the likely cause; the best weights so far were kept", flush=True)
+    elif summary["stopped_by"] == "interrupted":
+        print("stopped: interrupted; continue with: reslab resume " + str(run_dir), flush=True)
+    print(f"test loss {summary['test_loss']:.4f}  accuracy {100 * summary['test_accuracy']:.2f}%  "
+          f"precision {100 * summary['test_precision']:.2f}%  ({summary['epochs_run']} epochs, best "
+          f"{summary['best_epoch']}, stopped by {summary['stopped_by']}, {summary['train_seconds']:.1f}s)", flush=True)
+    print(f"run folder: {run_dir}", flush=True)
