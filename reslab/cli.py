@@ -138,6 +138,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if all_official else 1
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .run import evaluate_checkpoint
+    m = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.device)
+    print(f"{m['model']} on {m['dataset']} test: loss {m['loss']:.4f}  accuracy {100 * m['accuracy']:.2f}%  "
+          f"precision {100 * m['precision']:.2f}%  recall {100 * m['recall']:.2f}%  f1 {100 * m['f1']:.2f}%")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models, model_arguments
     for name in list_models():
@@ -182,7 +190,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)   # every command takes --debug
 
     p = sub.add_parser("train", help="train and test one model", description="Train one model with early "
                        "stopping, keep the best weights, test them; writes runs/NAME/ (config.yaml, "
@@ -205,6 +218,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", nargs="+", help="datasets (default all)")
     p.add_argument("--data-dir", help="folder holding the datasets (default $RESLAB_DATA or ./data)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("evaluate", help="test a saved model (best_model.pth)",
+                       description="Test a checkpoint on a dataset's test split (default: the one it was trained on).")
+    p.add_argument("checkpoint", help="a best_model.pth or last.pth")
+    p.add_argument("--dataset", help="dataset to test on (same image shape and classes)")
+    p.add_argument("--data-dir", help="folder holding the datasets (default $RESLAB_DATA or ./data)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the models and their arguments")
     p.set_defaults(func=cmd_models)
@@ -243,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"reslab: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:   # a full disk, a vanished folder: say what and where, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"reslab: error: {exc.strerror or exc}{where} (rerun with --debug for details)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("reslab: interrupted", file=sys.stderr)
         return 130

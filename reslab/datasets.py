@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -15,6 +16,7 @@ from .download import extract_tar, fetch, md5sum
 from .errors import DataError
 
 DATA_ENV = "RESLAB_DATA"
+OFFLINE_ENV = "RESLAB_OFFLINE"   # set to 1 to never download (a missing file is then an error at once)
 
 _MNIST_URLS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
 _FASHION_URLS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
@@ -129,10 +131,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     paths = {f: _find(folder, f) for f in spec.md5}
     missing = [f for f, p in paths.items() if p is None]
     if missing:
-        if not download:
-            raise DataError(f"{spec.name}: missing {', '.join(missing)} in {folder}")
+        if not download or os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+            raise DataError(f"{spec.name}: missing {', '.join(missing)} in {folder} (downloads are off)")
         _download(spec, root, missing)
         paths = {f: _find(folder, f) for f in spec.md5}
+        still_missing = [f for f, p in paths.items() if p is None]
+        if still_missing:   # an archive that does not hold every file
+            raise DataError(f"{spec.name}: the download did not provide {', '.join(still_missing)} in {folder}")
     if spec.format == "idx":
         train_x, train_y = _read_idx_pair(paths[spec.train_files[0]], paths[spec.train_files[1]], spec)
         test_x, test_y = _read_idx_pair(paths[spec.test_files[0]], paths[spec.test_files[1]], spec)
@@ -213,7 +218,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise DataError(f"{path}: wrong magic number 0x{raw[:4].hex()} (expected 0x000008{ndim:02x}, "
                         f"an IDX file of {ndim}-d unsigned bytes)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    expected = 4 + 4 * ndim + int(np.prod(dims))
+    expected = 4 + 4 * ndim + math.prod(dims)   # Python ints: a corrupt header cannot overflow
     if len(raw) != expected:
         raise DataError(f"{path}: {len(raw)} bytes but its header {dims} says {expected}; the file is truncated "
                         "or corrupt")
@@ -279,7 +284,10 @@ def _read_cifar_batches(paths: list[Path], spec: DatasetSpec) -> tuple[np.ndarra
         if b"data" not in batch or spec.label_key not in batch:
             raise DataError(f"{path}: missing key {b'data' if b'data' not in batch else spec.label_key!r}")
         data = np.asarray(batch[b"data"])
-        y = np.asarray(batch[spec.label_key], dtype=np.int64)
+        try:
+            y = np.asarray(batch[spec.label_key], dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"{path}: labels under {spec.label_key!r} are not integers") from None
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
         if y.shape != (len(data),):

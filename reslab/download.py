@@ -39,7 +39,9 @@ def fetch(filename: str, urls: list[str], md5: str, dest: Path) -> Path:
             _download(url, partial)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             partial.unlink(missing_ok=True)
-            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+            # HTTPError's reason drops the status code ("Not Found"); its str keeps it ("HTTP Error 404: ...").
+            reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+            errors.append(f"{url}: {reason}")
             continue
         got = md5sum(partial)
         if got != md5:

@@ -79,16 +79,21 @@ class TensorLoader:
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
-        return -(-self._shard_size() // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per pass."""
-        return self._shard_size()
+        return len(self._order(torch.arange(len(self.labels))))
 
-    def _shard_size(self) -> int:
-        n = len(self.labels)
-        return n // self.world_size if self.world_size > 1 else n
+    def _order(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's stride of an order over all samples. Training shards are cut to equal length, since
+        DDP needs the same number of steps on every rank; evaluation shards keep every sample."""
+        if self.world_size == 1:
+            return order
+        if self.shuffle:
+            order = order[: len(order) // self.world_size * self.world_size]
+        return order[self.rank::self.world_size]
 
     def __iter__(self):
         n = len(self.labels)
@@ -96,8 +101,7 @@ class TensorLoader:
             order = torch.randperm(n, generator=self.generator, device=self.device)
         else:
             order = torch.arange(n, device=self.device)
-        if self.world_size > 1:  # every rank draws the same permutation and takes its own stride of it
-            order = order[: self._shard_size() * self.world_size][self.rank::self.world_size]
+        order = self._order(order)   # every rank draws the same permutation and takes its own stride
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = self.images[idx]

@@ -50,12 +50,12 @@ def _builder(name: str) -> Callable[..., nn.Module]:
 
 
 def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _probability(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
 
 
@@ -188,6 +188,8 @@ class ResidualCNN(nn.Module):
 @register_model
 def mlp(input_shape, num_classes, hidden=(128, 64), dropout=0.2) -> nn.Module:
     """Multilayer perceptron; the reference lab's is 784-128-64-Dropout(0.2)-10."""
+    if not isinstance(hidden, (list, tuple)):
+        raise ConfigError(f"hidden must be a list of layer sizes, got {hidden!r}")
     hidden = tuple(hidden)
     for size in hidden:
         _positive("hidden size", size)
@@ -218,7 +220,7 @@ def rescnn(input_shape, num_classes, depth=3, width=64, max_width=256, downsampl
     """Residual CNN of `depth` BasicBlocks."""
     for name, value in (("depth", depth), ("width", width), ("max_width", max_width)):
         _positive(name, value)
-    if not isinstance(downsamples, int) or downsamples < 0:
+    if isinstance(downsamples, bool) or not isinstance(downsamples, int) or downsamples < 0:
         raise ConfigError(f"downsamples must be a non-negative integer, got {downsamples!r}")
     _probability("dropout", dropout)
     return ResidualCNN(tuple(input_shape), num_classes, depth, width, max_width, downsamples, dropout)

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import read_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint
 from .config import TrainConfig
 from .datasets import Dataset, load_dataset
+from .distributed import Context, from_environment
 from .errors import ReslabError
 from .evaluate import evaluate
 from .loader import TensorLoader, channel_stats, stratified_split
@@ -41,13 +42,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Create the run folder; refuse to reuse one unless resuming or overwriting."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ReslabError(f"run folder {run_dir} is a file, not a folder")
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if not overwrite:
             raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
                               "replace it, or --name for a new one")
         shutil.rmtree(run_dir)
-    if resume and not (run_dir / "last.pth").is_file():
-        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -55,9 +56,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise ReslabError(f"output folder {run_dir} is not writable ({exc.strerror or exc})") from None
+    for stale in run_dir.glob(".*.tmp"):   # a checkpoint write that a crash cut short
+        stale.unlink()
 
 
-def make_loaders(data: Dataset, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Fail early, before any work, if the run folder cannot be used as asked."""
+    if resume and not (run_dir / "last.pth").is_file():
+        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
+    if not resume and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        prepare_run_dir(run_dir, resume, overwrite)   # raises the "already exists" error
+
+
+def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_ctx: Context | None = None) -> dict[str, Any]:
     """Stratified split, normalization statistics of the train part, and the three loaders."""
     train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
     if config.train_subset is not None and config.train_subset < len(train_idx):
@@ -67,11 +78,15 @@ def make_loaders(data: Dataset, config: TrainConfig, device: torch.device) -> di
     augment = config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
     channels_last = device.type == "cuda" and config.model.endswith("cnn")
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
+    if dist_ctx is not None:
+        common.update(rank=dist_ctx.rank, world_size=dist_ctx.world_size)
     return {
         "train": TensorLoader(data.train_images[train_idx], data.train_labels[train_idx], config.batch_size,
                               shuffle=True, augment=augment, seed=config.seed, **common),
         "val": TensorLoader(data.train_images[val_idx], data.train_labels[val_idx], config.eval_batch_size, **common),
-        "test": TensorLoader(data.test_images, data.test_labels, config.eval_batch_size, **common),
+        # The test set is scored by rank 0 alone, over all of it.
+        "test": TensorLoader(data.test_images, data.test_labels, config.eval_batch_size, mean=mean, std=std,
+                             device=device, channels_last=channels_last),
         "mean": mean, "std": std, "augment": augment,
     }
 
@@ -85,45 +100,59 @@ def hardware_name(device: torch.device) -> str:
 
 def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                  tracker: Tracker | None = None, console: bool = True) -> dict[str, Any]:
-    """Train and test one model as `config` says, writing the run folder; return the summary."""
+    """Train and test one model as `config` says, writing the run folder; return the summary.
+
+    Everything a user can get wrong (data, model arguments, the run folder) is checked before the run folder
+    is touched. Under torchrun, every rank trains and rank 0 alone writes files and talks to W&B.
+    """
     run_dir = config.run_dir
+    check_run_dir(run_dir, resume, overwrite)
     resume_state = None
     if resume:
-        resume_state = read_checkpoint(run_dir / "last.pth") if (run_dir / "last.pth").is_file() else None
-        if resume_state is not None:
-            config = TrainConfig.from_dict(resume_state["config"])
-    prepare_run_dir(run_dir, resume, overwrite)
+        resume_state = read_checkpoint(run_dir / "last.pth")
+        # The folder may have moved since: it, not the saved `out`/`name`, says where the run lives.
+        config = TrainConfig.from_dict({**resume_state["config"], "out": str(run_dir.parent), "name": run_dir.name})
     seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
+    dist_ctx = from_environment(device)
+    if dist_ctx is not None:
+        device = dist_ctx.device
+    main_process = dist_ctx is None or dist_ctx.is_main
     data = load_dataset(config.dataset, config.data_dir)
-    if not data.official:
+    if not data.official and main_process:
         print(f"note: the {data.name} files in use are not the official release (checksums differ); "
               "results are close to, not equal to, official figures", flush=True)
-    loaders = make_loaders(data, config, device)
+    loaders = make_loaders(data, config, device, dist_ctx)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_args)
     if loaders["train"].channels_last:
         model = model.to(memory_format=torch.channels_last)
     facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
              "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
-             "num_train": loaders["train"].num_samples, "num_val": len(loaders["val"].labels),
+             "world_size": dist_ctx.world_size if dist_ctx else 1,
+             "num_train": len(loaders["train"].labels), "num_val": len(loaders["val"].labels),
              "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
              "torch_version": str(torch.__version__)}
     full_config = {**config.to_dict(), **facts}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
-
-    history_so_far = resume_state["history"] if resume_state else []
-    wandb = None if config.wandb == "disabled" else WandbTracker(
-        config.wandb, run_dir, config.wandb_project, config.run_name, config.wandb_group,
-        config.wandb_job_type, resume_state.get("wandb_id") if resume_state else None)
-    trackers = Trackers(ConsoleTracker(config.epochs) if console else None,
-                        JsonlTracker(run_dir / "metrics.jsonl", history_so_far), wandb, tracker)
-    trackers.start(full_config)
     meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-            "classes": data.classes, "normalization": full_config["normalization"],
-            "wandb_id": wandb.run_id if wandb is not None else None}
+            "classes": data.classes, "normalization": full_config["normalization"]}
+    trackers, wandb = Trackers(), None
+    if main_process:
+        prepare_run_dir(run_dir, resume, overwrite)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
+        if config.wandb != "disabled":
+            wandb = WandbTracker(config.wandb, run_dir, config.wandb_project, config.run_name, config.wandb_group,
+                                 config.wandb_job_type, resume_state.get("wandb_id") if resume_state else None)
+        trackers = Trackers(ConsoleTracker(config.epochs) if console else None,
+                            JsonlTracker(run_dir / "metrics.jsonl", resume_state["history"] if resume_state else []),
+                            wandb, tracker)
+        trackers.start(full_config)
+        meta["wandb_id"] = wandb.run_id if wandb is not None else None
     exit_code = 1
     try:
-        history = train_model(model, loaders["train"], loaders["val"], config, trackers, run_dir, meta, resume_state)
+        history = train_model(model, loaders["train"], loaders["val"], config, trackers,
+                              run_dir if main_process else None, meta, resume_state, dist_ctx)
+        if not main_process:
+            return {"stopped_by": history.stopped_by, "epochs_run": len(history.epochs)}
         test = evaluate(model, loaders["test"], data.num_classes, config.amp)
         summary = {
             "model": config.model, "model_args": model.reslab_spec["args"], "dataset": data.name,
@@ -132,20 +161,30 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
             "epochs_run": len(history.epochs), "best_epoch": history.best_epoch,
             "best_val_loss": history.best_val_loss, "stopped_by": history.stopped_by,
             "train_seconds": round(history.train_seconds, 3), "data_official": data.official,
-            "device": str(device), "hardware": facts["hardware"], "num_parameters": facts["num_parameters"],
+            "device": str(device), "hardware": facts["hardware"], "world_size": facts["world_size"],
+            "num_parameters": facts["num_parameters"],
             "test_per_class_precision": test["per_class_precision"],
             "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"],
         }
         if history.nan_at:
             summary["nan_at"] = history.nan_at
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(run_dir / "summary.json", summary)
         trackers.log_summary(summary)
         exit_code = 0
     finally:
         trackers.finish(exit_code)
+        if dist_ctx is not None:
+            dist_ctx.close()
     if console:
         print_summary(summary, run_dir, config)
     return summary
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -> None:
@@ -159,3 +198,20 @@ def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -
           f"precision {100 * summary['test_precision']:.2f}%  ({summary['epochs_run']} epochs, best "
           f"{summary['best_epoch']}, stopped by {summary['stopped_by']}, {summary['train_seconds']:.1f}s)", flush=True)
     print(f"run folder: {run_dir}", flush=True)
+
+
+def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
+                        device: str = "auto") -> dict[str, Any]:
+    """Test a saved model on a dataset's test split (its own dataset by default) with its own normalization."""
+    model, ckpt = load_checkpoint(path)
+    data = load_dataset(dataset or ckpt["dataset"], data_dir)
+    if tuple(ckpt["input_shape"]) != data.input_shape or ckpt["num_classes"] != data.num_classes:
+        raise ReslabError(f"checkpoint {path} is a {ckpt['model']} for {ckpt['dataset']} "
+                          f"({'x'.join(map(str, ckpt['input_shape']))} images, {ckpt['num_classes']} classes); "
+                          f"{data.name} has {'x'.join(map(str, data.input_shape))} images and {data.num_classes} "
+                          "classes")
+    dev = resolve_device(device)
+    norm = ckpt["normalization"]
+    loader = TensorLoader(data.test_images, data.test_labels, 1024, norm["mean"], norm["std"], device=dev)
+    metrics = evaluate(model.to(dev), loader, data.num_classes)
+    return {"checkpoint": str(path), "model": ckpt["model"], "dataset": data.name, **metrics}

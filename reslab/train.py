@@ -227,7 +227,7 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
             if reason:
                 stopped_by = reason
                 break
-            if signals.requested:
+            if distributed.any(signals.requested) if distributed is not None else signals.requested:
                 stopped_by = "interrupted"
                 break
     history.stopped_by = stopped_by
@@ -256,29 +256,33 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
     bad_batch = torch.full((), -1, device=device, dtype=torch.int64)
     grad_sums = torch.zeros(len(grad_params), device=device) if grad_params else None
     criterion = nn.CrossEntropyLoss()
-    batches = _progress(loader, "train")
-    for i, (x, y) in enumerate(batches):
+    # Under DDP every rank must run the same number of steps, so mid-epoch stops wait for the epoch's end.
+    stop_mid_epoch = distributed is None
+    for i, (x, y) in enumerate(_progress(loader, "train")):
         with autocast_for(device, config.amp):
             logits = model(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_sums is not None:
-            grads = [p.grad for _, p in grad_params]
-            grad_sums += torch.stack(torch._foreach_norm(grads))
+            grad_sums += torch.stack(torch._foreach_norm([p.grad for _, p in grad_params]))
         optimizer.step()
         loss = loss.detach()
         # Record the first non-finite batch on the device; look at it only every NAN_CHECK_EVERY batches.
-        bad_batch = torch.where((bad_batch < 0) & ~torch.isfinite(loss), torch.tensor(i, device=device), bad_batch)
+        bad_batch = torch.where((bad_batch < 0) & ~torch.isfinite(loss), i, bad_batch)
         loss_sum += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if (i + 1) % NAN_CHECK_EVERY == 0 and bad_batch.item() >= 0:  # CPU-GPU sync point
-            break
-        if signals.requested:
-            return {"interrupted": True}
-    if bad_batch.item() >= 0:
-        return {"nan_batch": int(bad_batch.item()) + 1}
+        if stop_mid_epoch:
+            if (i + 1) % NAN_CHECK_EVERY == 0 and bad_batch.item() >= 0:  # CPU-GPU sync point
+                break
+            if signals.requested:
+                return {"interrupted": True}
+    nan_batch = int(bad_batch.item())
+    if distributed is not None and distributed.any(nan_batch >= 0):
+        nan_batch = max(nan_batch, 0)
+    if nan_batch >= 0:
+        return {"nan_batch": nan_batch + 1}
     totals = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)])
     if distributed is not None:
         totals = distributed.all_reduce_sum(totals)

@@ -1,0 +1,434 @@
+"""Dataset readers on generated files in the real formats: shapes, labels, class names, and clear errors."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakedata import IDX_NAMES, idx_bytes, make_images, write_cifar10, write_cifar100, write_idx_dataset
+from reslab import datasets
+from reslab.datasets import SPECS, list_datasets, load_dataset, read_idx, resolve_data_dir, verify_dataset
+from reslab.download import md5sum
+from reslab.errors import DataError
+
+
+def _write_pickle(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _read_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _assert_names(exc: pytest.ExceptionInfo, path: Path, *phrases: str) -> None:
+    """The error is one line, names the file and says what is wrong."""
+    message = str(exc.value)
+    assert "\n" not in message
+    assert str(path) in message
+    for phrase in phrases:
+        assert phrase in message, f"{phrase!r} not in {message!r}"
+
+
+# ---------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dataset_loads_plain_and_gzipped(tmp_path, gz):
+    write_idx_dataset(tmp_path, "MNIST/raw", n_train=50, n_test=20, gz=gz, seed=3)
+    data = load_dataset("mnist", tmp_path, download=False)
+    train_x, train_y = make_images(50, (1, 28, 28), 10, 3)
+    test_x, test_y = make_images(20, (1, 28, 28), 10, 4)
+    assert data.train_images.shape == (50, 1, 28, 28) and data.train_images.dtype == np.uint8
+    assert data.test_images.shape == (20, 1, 28, 28) and data.test_images.dtype == np.uint8
+    assert data.train_labels.dtype == np.int64 and data.test_labels.dtype == np.int64
+    np.testing.assert_array_equal(data.train_images, train_x)
+    np.testing.assert_array_equal(data.train_labels, train_y)
+    np.testing.assert_array_equal(data.test_images, test_x)
+    np.testing.assert_array_equal(data.test_labels, test_y)
+    assert data.classes == [str(d) for d in range(10)]
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.official is False
+    suffix = ".gz" if gz else ""
+    assert sorted(p.name for p in data.files) == sorted(n + suffix for n in IDX_NAMES)
+
+
+def test_fashionmnist_reads_its_own_folder_and_names(tiny_data):
+    data = load_dataset("fashionmnist", tiny_data, download=False)
+    assert data.train_images.shape == (300, 1, 28, 28) and data.test_images.shape == (100, 1, 28, 28)
+    np.testing.assert_array_equal(data.train_labels, make_images(300, (1, 28, 28), 10, 10)[1])
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    assert all(p.parent == tiny_data / "FashionMNIST" / "raw" for p in data.files)
+
+
+def test_read_idx_returns_header_shape(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(idx_bytes(array))
+    np.testing.assert_array_equal(read_idx(path, 3), array)
+    gz = tmp_path / "x-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(idx_bytes(array)))
+    np.testing.assert_array_equal(read_idx(gz, 3), array)
+
+
+def test_idx_wrong_magic_number(tmp_path):
+    path = tmp_path / "labels-idx1-ubyte"
+    path.write_bytes(idx_bytes(np.zeros((4, 2, 2), np.uint8)))   # a 3-d file read as 1-d
+    with pytest.raises(DataError) as exc:
+        read_idx(path, 1)
+    _assert_names(exc, path, "wrong magic number", "0x00000803", "expected 0x00000801")
+
+    blob = bytearray(idx_bytes(np.zeros(4, np.uint8)))
+    blob[2] = 0x0D                                               # float data type
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataError) as exc:
+        read_idx(path, 1)
+    _assert_names(exc, path, "wrong magic number")
+
+
+def test_idx_truncated_file(tmp_path):
+    path = tmp_path / "images-idx3-ubyte"
+    blob = idx_bytes(np.zeros((10, 28, 28), np.uint8))
+    path.write_bytes(blob[:-100])
+    with pytest.raises(DataError) as exc:
+        read_idx(path, 3)
+    _assert_names(exc, path, f"{len(blob) - 100} bytes", f"says {len(blob)}", "truncated")
+
+    path.write_bytes(blob + b"\0")                                # trailing bytes are corrupt too
+    with pytest.raises(DataError) as exc:
+        read_idx(path, 3)
+    _assert_names(exc, path, f"{len(blob) + 1} bytes")
+
+    path.write_bytes(blob[:10])                                   # not even a header
+    with pytest.raises(DataError) as exc:
+        read_idx(path, 3)
+    _assert_names(exc, path, "too short")
+
+
+def test_idx_header_whose_size_overflows_is_refused(tmp_path):
+    # 2**31 * 2**31 * 4 = 2**64 wraps to 0 in int64: the header must not pass as "0 bytes of pixels".
+    path = tmp_path / "images-idx3-ubyte"
+    path.write_bytes(struct.pack(">HBB3I", 0, 8, 3, 2 ** 31, 2 ** 31, 4))
+    with pytest.raises(DataError) as exc:
+        read_idx(path, 3)
+    _assert_names(exc, path, "truncated")
+
+
+def test_idx_truncated_gzip(tmp_path):
+    write_idx_dataset(tmp_path, n_train=30, n_test=10)
+    path = tmp_path / "MNIST/raw/train-images-idx3-ubyte.gz"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", tmp_path, download=False)
+    _assert_names(exc, path, "not a complete gzip file", "delete it")
+
+    path.write_bytes(b"this is not gzip at all")
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", tmp_path, download=False)
+    _assert_names(exc, path, "not a complete gzip file")
+
+
+def test_idx_wrong_image_size(tmp_path):
+    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
+    path = dest / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(np.zeros((30, 27, 28), np.uint8)))
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", tmp_path, download=False)
+    _assert_names(exc, path, "27x28", "expected 28x28")
+
+
+def test_idx_label_count_mismatch(tmp_path):
+    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
+    path = dest / "t10k-labels-idx1-ubyte"
+    path.write_bytes(idx_bytes(np.zeros(9, np.uint8)))
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", tmp_path, download=False)
+    _assert_names(exc, path, "9 labels for 10 images")
+
+
+def test_idx_labels_out_of_range(tmp_path):
+    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
+    path = dest / "train-labels-idx1-ubyte"
+    labels = np.arange(30, dtype=np.uint8) % 10
+    labels[7] = 10
+    path.write_bytes(idx_bytes(labels))
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", tmp_path, download=False)
+    _assert_names(exc, path, "0..10", "expected 0..9")
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+def test_cifar10_loads(tiny_data):
+    data = load_dataset("cifar10", tiny_data, download=False)
+    assert data.train_images.shape == (300, 3, 32, 32) and data.train_images.dtype == np.uint8
+    assert data.test_images.shape == (100, 3, 32, 32) and data.test_images.dtype == np.uint8
+    assert data.train_labels.dtype == np.int64 and data.test_labels.dtype == np.int64
+    # Batches are concatenated in order 1..5, each image row-major as C, H, W.
+    expected_x = np.concatenate([make_images(60, (3, 32, 32), 10, k)[0] for k in range(1, 6)])
+    expected_y = np.concatenate([make_images(60, (3, 32, 32), 10, k)[1] for k in range(1, 6)])
+    np.testing.assert_array_equal(data.train_images, expected_x)
+    np.testing.assert_array_equal(data.train_labels, expected_y)
+    np.testing.assert_array_equal(data.test_labels, make_images(100, (3, 32, 32), 10, 9)[1])
+    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                            "truck"]
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+    assert data.official is False
+
+
+def test_cifar100_uses_fine_labels(tiny_data):
+    data = load_dataset("cifar100", tiny_data, download=False)
+    assert data.train_images.shape == (500, 3, 32, 32) and data.test_images.shape == (200, 3, 32, 32)
+    x, y = make_images(500, (3, 32, 32), 100, 0)
+    np.testing.assert_array_equal(data.train_images, x)
+    np.testing.assert_array_equal(data.train_labels, y)           # fine, not coarse (y // 5)
+    assert data.train_labels.max() == 99
+    np.testing.assert_array_equal(data.test_labels, make_images(200, (3, 32, 32), 100, 1)[1])
+    assert data.classes == [f"class{i}" for i in range(100)]
+    assert data.num_classes == 100 and data.official is False
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path) -> Path:
+    return write_cifar10(tmp_path, per_batch=20, n_test=20)
+
+
+def _rewrite_batch(path: Path, **changes) -> None:
+    batch = _read_pickle(path)
+    batch.update({k.encode(): v for k, v in changes.items()})
+    _write_pickle(path, batch)
+
+
+def test_cifar_wrong_image_size(cifar10_dir):
+    path = cifar10_dir / "data_batch_3"
+    _rewrite_batch(path, data=np.zeros((20, 1024), np.uint8))
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "(20, 1024)", "(N, 3072)")
+
+
+def test_cifar_wrong_dtype(cifar10_dir):
+    path = cifar10_dir / "test_batch"
+    _rewrite_batch(path, data=np.zeros((20, 3072), np.float32))
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "float32", "expected uint8")
+
+
+def test_cifar_label_count_mismatch(cifar10_dir):
+    path = cifar10_dir / "data_batch_2"
+    _rewrite_batch(path, labels=[0] * 19)
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "19 labels for 20 images")
+
+
+def test_cifar_labels_out_of_range(cifar10_dir):
+    path = cifar10_dir / "data_batch_1"
+    _rewrite_batch(path, labels=[0] * 19 + [-1])
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "-1..", "expected 0..9")
+
+
+def test_cifar100_fine_label_out_of_range(tmp_path):
+    dest = write_cifar100(tmp_path, n_train=100, n_test=100)
+    path = dest / "test"
+    _rewrite_batch(path, fine_labels=[100] + [0] * 99)
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar100", tmp_path, download=False)
+    _assert_names(exc, path, "0..100", "expected 0..99")
+
+
+def test_cifar_labels_that_are_not_numbers(cifar10_dir):
+    path = cifar10_dir / "data_batch_4"
+    _rewrite_batch(path, labels=[b"cat"] * 20)
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "labels")
+
+
+def test_cifar_missing_key(cifar10_dir):
+    path = cifar10_dir / "data_batch_5"
+    batch = _read_pickle(path)
+    del batch[b"labels"]
+    _write_pickle(path, batch)
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "missing key", "labels")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "not a dict"])
+def test_cifar_unreadable_pickle(cifar10_dir, damage):
+    path = cifar10_dir / "data_batch_2"
+    blob = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "garbled":
+        path.write_bytes(bytes(range(256)) * 8)
+    else:
+        _write_pickle(path, [1, 2, 3])
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path)
+
+
+def test_cifar_meta_with_wrong_class_count(cifar10_dir):
+    path = cifar10_dir / "batches.meta"
+    _write_pickle(path, {b"label_names": [b"a", b"b"]})
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "10 class names")
+
+
+class _Calls:
+    """Pickles as a call of `fn(*args)`: loading it with plain pickle would run it."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("file", ["data_batch_1", "batches.meta"])
+def test_cifar_pickle_calling_os_system_is_refused(cifar10_dir, tmp_path, file):
+    marker = tmp_path / "pwned"
+    path = cifar10_dir / file
+    _write_pickle(path, {b"data": _Calls(os.system, f"touch {marker}"), b"labels": [0], b"label_names": []})
+    assert b"system" in path.read_bytes()                        # the payload is really in the file
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "refusing to load", "system")
+    assert not marker.exists()
+
+
+def test_cifar_pickle_calling_builtin_exec_is_refused(cifar10_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    path = cifar10_dir / "test_batch"
+    _write_pickle(path, {b"labels": [0], b"data": _Calls(exec, f"open({str(marker)!r}, 'w').close()")})
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", cifar10_dir.parent, download=False)
+    _assert_names(exc, path, "refusing to load", "exec")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- official files and verify
+
+
+def test_verify_reports_per_file_status(tmp_path, monkeypatch):
+    dest = write_idx_dataset(tmp_path, n_train=20, n_test=10)
+    first, second = IDX_NAMES[0] + ".gz", IDX_NAMES[1] + ".gz"
+    monkeypatch.setitem(SPECS["mnist"].md5, first, md5sum(dest / first))
+    (dest / second).unlink()
+    rows = dict((p.name, s) for p, s in verify_dataset("mnist", tmp_path))
+    assert list(rows) == [n + ".gz" for n in IDX_NAMES]
+    assert rows[first] == "official"
+    assert rows[second] == "missing"
+    for name in IDX_NAMES[2:]:
+        got = md5sum(dest / (name + ".gz"))
+        assert rows[name + ".gz"] == f"not official (md5 {got}, official {SPECS['mnist'].md5[name + '.gz']})"
+    paths = [p for p, _ in verify_dataset("mnist", tmp_path)]
+    assert paths[1] == dest / second                              # a missing file is reported where it belongs
+
+
+def test_verify_missing_folder_reports_every_file_missing(tmp_path):
+    rows = verify_dataset("cifar100", tmp_path)
+    assert [(p, s) for p, s in rows] == [(tmp_path / "cifar-100-python" / f, "missing")
+                                        for f in ("train", "test", "meta")]
+
+
+def test_uncompressed_twin_is_not_official(tmp_path):
+    write_idx_dataset(tmp_path, n_train=20, n_test=10, gz=False)
+    rows = verify_dataset("mnist", tmp_path)
+    assert all(s.startswith("not official (no official checksum") for _, s in rows)
+    assert load_dataset("mnist", tmp_path, download=False).official is False
+
+
+def test_official_when_every_md5_matches(tmp_path, monkeypatch):
+    dest = write_cifar10(tmp_path, per_batch=10, n_test=10)
+    for name in SPECS["cifar10"].md5:
+        monkeypatch.setitem(SPECS["cifar10"].md5, name, md5sum(dest / name))
+    assert load_dataset("cifar10", tmp_path, download=False).official is True
+    assert all(s == "official" for _, s in verify_dataset("cifar10", tmp_path))
+    _rewrite_batch(dest / "data_batch_5", batch_label=b"changed")  # one byte off is enough
+    assert load_dataset("cifar10", tmp_path, download=False).official is False
+
+
+def test_generated_files_are_not_official(tiny_data):
+    for name in list_datasets():
+        assert load_dataset(name, tiny_data, download=False).official is False
+        assert all(s.startswith("not official") for _, s in verify_dataset(name, tiny_data))
+
+
+# ---------------------------------------------------------------- names and folders
+
+
+def test_list_datasets():
+    assert list_datasets() == ["cifar10", "cifar100", "fashionmnist", "mnist"]
+
+
+@pytest.mark.parametrize("alias, name", [("MNIST", "mnist"), ("Fashion-MNIST", "fashionmnist"),
+                                         ("fashion_mnist", "fashionmnist"), ("CIFAR-10", "cifar10")])
+def test_dataset_name_aliases(alias, name):
+    assert datasets.get_spec(alias).name == name
+
+
+def test_unknown_dataset_lists_valid_names(tiny_data):
+    with pytest.raises(DataError) as exc:
+        load_dataset("imagenet", tiny_data)
+    message = str(exc.value)
+    assert "'imagenet'" in message and "\n" not in message
+    for name in list_datasets():
+        assert name in message
+
+
+def test_missing_files_without_download(tmp_path):
+    dest = write_idx_dataset(tmp_path, n_train=20, n_test=10)
+    (dest / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", tmp_path, download=False)
+    _assert_names(exc, dest, "missing t10k-labels-idx1-ubyte.gz")
+
+
+def test_missing_explicit_data_folder(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", missing)
+    _assert_names(exc, missing, "does not exist", "MNIST/raw")
+    assert not missing.exists()                                   # nothing was created or downloaded
+
+    monkeypatch.setenv("RESLAB_DATA", str(missing))
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10")
+    _assert_names(exc, missing, "does not exist", "cifar-10-batches-py")
+
+
+def test_resolve_data_dir_precedence(tmp_path, monkeypatch):
+    assert resolve_data_dir(None) == Path("data")
+    monkeypatch.setenv("RESLAB_DATA", str(tmp_path / "env"))
+    assert resolve_data_dir(None) == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_data_dir(str(tmp_path / "arg")) == tmp_path / "arg"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_data_dir("~/d") == tmp_path / "d"
+
+
+def test_data_folder_from_environment_and_default(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESLAB_DATA", str(tiny_data))
+    assert len(load_dataset("mnist").train_labels) == 300
+    monkeypatch.delenv("RESLAB_DATA")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_data / "MNIST", tmp_path / "data" / "MNIST")
+    data = load_dataset("mnist", download=False)
+    assert len(data.test_labels) == 100
+    assert all(p.is_relative_to(Path("data")) for p in data.files)

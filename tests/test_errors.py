@@ -1,0 +1,187 @@
+"""Every mistake a user can make ends in one line on stderr, exit code 2, and no file changed."""
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fakedata import write_cifar10, write_idx_dataset
+from reslab.cli import main
+
+BASE = ["train", "--model", "mlp", "--dataset", "mnist", "--epochs", "1", "--wandb", "disabled"]
+
+
+def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the roots with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for root in roots if root.exists() for p in sorted(root.rglob("*"))}
+
+
+def _fails_cleanly(argv: list[str], capsys, *roots: Path) -> str:
+    """Run the CLI, assert exit 2 with one error line and unchanged files; return the message."""
+    before = _tree(*roots)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("reslab: error: ") and "Traceback" not in err
+    assert _tree(*roots) == before
+    return err
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A private tiny MNIST + CIFAR-10 data folder each test may damage."""
+    root = tmp_path / "data"
+    write_idx_dataset(root, "MNIST/raw")
+    write_cifar10(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("RESLAB_OFFLINE", "1")
+
+
+def _run(data: Path, out: Path, *extra: str) -> list[str]:
+    return BASE + ["--data-dir", str(data), "--out", str(out), *extra]
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    err = _fails_cleanly(_run(tmp_path / "nope", tmp_path / "runs"), capsys, tmp_path)
+    assert "data folder" in err and "does not exist" in err
+
+
+def test_missing_dataset_file(data, tmp_path, capsys):
+    (data / "MNIST/raw/t10k-labels-idx1-ubyte.gz").unlink()
+    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
+    assert "t10k-labels-idx1-ubyte.gz" in err and "MNIST/raw" in err
+
+
+def test_truncated_file(data, tmp_path, capsys):
+    path = data / "MNIST/raw/train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-100]))
+    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
+    assert "train-images-idx3-ubyte.gz" in err and "truncated" in err
+
+
+def test_truncated_gzip(data, tmp_path, capsys):
+    path = data / "MNIST/raw/train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
+    assert "train-labels-idx1-ubyte.gz" in err and "gzip" in err
+
+
+def test_wrong_magic_number(data, tmp_path, capsys):
+    path = data / "MNIST/raw/t10k-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[3] = 0x01
+    path.write_bytes(gzip.compress(bytes(raw)))
+    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
+    assert "t10k-images-idx3-ubyte.gz" in err and "magic" in err
+
+
+def test_labels_out_of_range(data, tmp_path, capsys):
+    path = data / "MNIST/raw/train-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[8] = 42
+    path.write_bytes(gzip.compress(bytes(raw)))
+    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
+    assert "labels range" in err and "0..9" in err
+
+
+def test_wrong_cifar_shape(data, tmp_path, capsys):
+    shutil.copy(data / "MNIST/raw/train-images-idx3-ubyte.gz", data / "cifar-10-batches-py/data_batch_2")
+    err = _fails_cleanly(["train", "--model", "cnn", "--dataset", "cifar10", "--data-dir", str(data),
+                          "--out", str(tmp_path / "runs"), "--wandb", "disabled"], capsys, tmp_path)
+    assert "data_batch_2" in err
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--model", "resnet50", "unknown model 'resnet50'; choose one of: cnn, mlp, rescnn, resmlp"),
+    ("--dataset", "imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, cifar100, fashionmnist, mnist"),
+    ("--lr", "0", "lr must be > 0"),
+    ("--lr", "-1e-3", "lr must be > 0"),
+    ("--batch-size", "0", "batch_size must be >= 1"),
+    ("--epochs", "0", "epochs must be >= 1"),
+    ("--val-fraction", "0", "val_fraction must be between 0 and 1"),
+    ("--val-fraction", "1.5", "val_fraction must be between 0 and 1"),
+    ("--patience", "-1", "patience must be >= 0"),
+    ("--val-fraction", "0.001", "leaves class"),
+])
+def test_bad_values(data, tmp_path, capsys, flag, value, words):
+    argv = _run(data, tmp_path / "runs")
+    if flag in argv:
+        del argv[argv.index(flag):argv.index(flag) + 2]
+    argv.append(f"{flag}={value}")   # the = form lets argparse take a negative number
+    assert words in _fails_cleanly(argv, capsys, tmp_path)
+
+
+def test_depth_below_one(data, tmp_path, capsys):
+    err = _fails_cleanly(["train", "--model", "rescnn", "--depth", "0", "--dataset", "cifar10", "--data-dir",
+                          str(data), "--out", str(tmp_path / "runs"), "--wandb", "disabled"], capsys, tmp_path)
+    assert "depth must be a positive integer" in err
+
+
+def test_unknown_model_argument(data, tmp_path, capsys):
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--blocks", "3"), capsys, tmp_path)
+    assert "takes no argument blocks" in err
+
+
+def test_mistyped_yaml_key(data, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: mlp\npatince: 3\n")
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--config", str(cfg)), capsys, tmp_path)
+    assert "'patince'" in err and "did you mean 'patience'" in err
+
+
+def test_bad_yaml(data, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: [mlp\n")
+    assert "not valid YAML" in _fails_cleanly(_run(data, tmp_path / "runs", "--config", str(cfg)), capsys, tmp_path)
+
+
+def test_missing_config_file(data, tmp_path, capsys):
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--config", str(tmp_path / "no.yaml")), capsys, tmp_path)
+    assert "does not exist" in err
+
+
+def test_output_folder_not_writable(data, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    err = _fails_cleanly(_run(data, blocker / "runs"), capsys, tmp_path)
+    assert "not writable" in err
+
+
+def test_existing_run_folder(data, tmp_path, capsys):
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--name", "mine"), capsys, tmp_path)
+    assert "already exists" in err and "--resume" in err and "--overwrite" in err
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    assert "cannot resume" in _fails_cleanly(["resume", str(tmp_path / "runs" / "r")], capsys, tmp_path)
+
+
+def test_checkpoint_for_another_dataset(data, tmp_path, capsys):
+    assert main(_run(data, tmp_path / "runs", "--name", "m")) == 0
+    capsys.readouterr()
+    err = _fails_cleanly(["evaluate", str(tmp_path / "runs/m/best_model.pth"), "--dataset", "cifar10",
+                          "--data-dir", str(data)], capsys, tmp_path)
+    assert "mnist" in err and "cifar10" in err
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "best_model.pth"
+    bogus.write_bytes(b"not a checkpoint")
+    assert "not a readable checkpoint" in _fails_cleanly(["evaluate", str(bogus)], capsys, tmp_path)
+
+
+def test_debug_flag_shows_traceback(data, tmp_path, capsys):
+    assert main(_run(data, tmp_path / "runs", "--model", "nope", "--debug")) == 2
+    assert "Traceback" in capsys.readouterr().err
