@@ -424,14 +424,17 @@ def run_bench(bench: Bench, args: argparse.Namespace, device: torch.device, data
                          val_fraction=args.val_fraction, seed=SEED, device=str(device), wandb="disabled",
                          data_dir=str(args.data_dir))
     split = split_like_reslab(data, config)
-    channels_last = device.type == "cuda" and bench.model.endswith("cnn")
+    channels_last = device.type == "cuda" and bench.model.endswith("cnn")      # what make_loaders does
+    # (b) is the limit: channels_last model and inputs for the CNN on every device (on the CPU too, where it is
+    # faster; reslab's (a) feeds its CPU training batches channels_last as a side effect of the crop gather).
+    bare_channels_last = bench.model.endswith("cnn")
 
     pipelines, memory, warmup = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="reslab-bench-") as tmp:
         def builders(data, config, split, folder):
             folder.mkdir()
             yield lambda: ReslabPipeline(bench, data, config, split, device, folder)
-            yield lambda: BarePipeline(bench, split, config, device, channels_last)
+            yield lambda: BarePipeline(bench, split, config, device, bare_channels_last)
             for w in args.num_workers:
                 yield lambda w=w: DataLoaderPipeline(bench, split, config, device, channels_last, w)
 

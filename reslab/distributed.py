@@ -38,8 +38,13 @@ class Context:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Wait for every rank (rank 0 may still be testing), then leave the process group.
+
+        After a failure, leave without waiting: the other ranks may never arrive."""
         if dist.is_initialized():
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
 
 

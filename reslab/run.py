@@ -106,7 +106,9 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     is touched. Under torchrun, every rank trains and rank 0 alone writes files and talks to W&B.
     """
     run_dir = config.run_dir
-    check_run_dir(run_dir, resume, overwrite)
+    main_process = int(os.environ.get("RANK", "0")) == 0   # torchrun's rank 0, or a plain process
+    if main_process:
+        check_run_dir(run_dir, resume, overwrite)
     resume_state = None
     if resume:
         resume_state = read_checkpoint(run_dir / "last.pth")
@@ -117,7 +119,6 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     dist_ctx = from_environment(device)
     if dist_ctx is not None:
         device = dist_ctx.device
-    main_process = dist_ctx is None or dist_ctx.is_main
     data = load_dataset(config.dataset, config.data_dir)
     if not data.official and main_process:
         print(f"note: the {data.name} files in use are not the official release (checksums differ); "
@@ -152,6 +153,9 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
         history = train_model(model, loaders["train"], loaders["val"], config, trackers,
                               run_dir if main_process else None, meta, resume_state, dist_ctx)
         if not main_process:
+            exit_code = 0
+            print(f"rank {dist_ctx.rank}: stopped by {history.stopped_by} after {len(history.epochs)} epochs",
+                  flush=True)
             return {"stopped_by": history.stopped_by, "epochs_run": len(history.epochs)}
         test = evaluate(model, loaders["test"], data.num_classes, config.amp)
         summary = {
@@ -174,7 +178,7 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     finally:
         trackers.finish(exit_code)
         if dist_ctx is not None:
-            dist_ctx.close()
+            dist_ctx.close(wait=exit_code == 0)
     if console:
         print_summary(summary, run_dir, config)
     return summary

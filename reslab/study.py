@@ -1,0 +1,376 @@
+"""Experiments as data: load a YAML experiment, run every model x seed into one folder, then write its report."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import analysis, transfer
+from .config import TrainConfig, check_keys, load_yaml
+from .datasets import get_spec
+from .errors import ConfigError, DataError, ReslabError
+from .models import list_models, model_arguments
+from .run import run_training
+
+EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
+LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
+PROFILES = ("quick", "full")
+KINDS = ("train", "transfer")
+ANALYSES = ("gradient_flow",)
+TOP_KEYS = ("description", "kind", "train", "models", "analysis", "source", "transfer", "profiles", "reference",
+            "targets")
+MODEL_KEYS = ("model", "model_args", "depths")
+SOURCE_KEYS = ("experiment", "model", "depth", "checkpoint", "train")
+PROFILE_KEYS = ("train", "transfer", "source")
+# The settings that decide a run's result: a finished run folder is reused only when all of them match.
+RESULT_KEYS = ("model", "dataset", "model_args", "epochs", "batch_size", "lr", "weight_decay", "stagnation_stop",
+               "patience", "min_delta", "overfit_stop", "overfit_patience", "overfit_delta", "val_fraction",
+               "train_subset", "augment", "seed", "log_grad_norms")
+# CLI flags that make no sense for a whole experiment.
+FORBIDDEN_OVERRIDES = {"model": "edit the experiment's `models` list in a copy of its YAML file",
+                       "seed": "use --seeds N for seeds 0..N-1", "name": "run folders are named by the study"}
+
+
+def list_experiments() -> list[tuple[str, str]]:
+    """(name, description) of every experiment shipped with reslab."""
+    return [(path.stem, load_yaml(path).get("description", "")) for path in sorted(EXPERIMENTS_DIR.glob("*.yaml"))]
+
+
+def experiment_path(name_or_file: str | Path) -> Path:
+    """The YAML file of a shipped experiment name, or the user's file itself."""
+    text = str(name_or_file)
+    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        if not Path(text).is_file():
+            raise ConfigError(f"experiment file {text} does not exist")
+        return Path(text)
+    path = EXPERIMENTS_DIR / f"{text}.yaml"
+    if not path.is_file():
+        names = [name for name, _ in list_experiments()]
+        close = [n for n in names if n.startswith(text)] or names
+        raise ConfigError(f"unknown experiment {text!r}; shipped: {', '.join(close)} (or give a YAML file)")
+    return path
+
+
+def load_experiment(name_or_file: str | Path, profile: str = "full") -> dict[str, Any]:
+    """Read and validate an experiment file and return it with `profile` applied and its `name` added."""
+    path = experiment_path(name_or_file)
+    definition = load_yaml(path)
+    validate(definition, path.name)
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    for name in definition.get("profiles", {}):
+        validate(apply_profile(definition, name), f"{path.name} (profile {name})")
+    resolved = apply_profile(definition, profile)
+    return {"name": path.stem, **resolved, "profile": profile}
+
+
+def apply_profile(definition: dict[str, Any], profile: str) -> dict[str, Any]:
+    """The definition with the profile's sections merged over its own (one level deep)."""
+    resolved = copy.deepcopy(definition)
+    for section, changes in definition.get("profiles", {}).get(profile, {}).items():
+        resolved[section] = {**resolved.get(section, {}), **changes}
+    return resolved
+
+
+def validate(definition: dict[str, Any], source: str) -> None:
+    """Raise ConfigError for the first unknown key or bad value of an experiment definition."""
+    check_keys(definition, list(TOP_KEYS), source)
+    kind = definition.get("kind", "train")
+    if kind not in KINDS:
+        raise ConfigError(f"{source}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    _check_mapping(definition.get("train", {}), f"{source}: train")
+    for name, profile in _check_mapping(definition.get("profiles", {}), f"{source}: profiles").items():
+        if name not in PROFILES:
+            raise ConfigError(f"{source}: unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
+        check_keys(_check_mapping(profile, f"{source}: profiles.{name}"), list(PROFILE_KEYS), f"{source}: profiles.{name}")
+        for section, changes in profile.items():
+            _check_mapping(changes, f"{source}: profiles.{name}.{section}")
+    for section in ("reference", "targets"):
+        for label, values in _check_mapping(definition.get(section, {}), f"{source}: {section}").items():
+            for metric, value in _check_mapping(values, f"{source}: {section}.{label}").items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{source}: {section}.{label}.{metric} must be a number, got {value!r}")
+    if kind == "train":
+        models = definition.get("models")
+        if not isinstance(models, list) or not models:
+            raise ConfigError(f"{source}: `models` must be a non-empty list of {{model: NAME, ...}} entries")
+        for entry in models:
+            _check_model_entry(entry, source)
+        for name in definition.get("analysis", []):
+            if name not in ANALYSES:
+                raise ConfigError(f"{source}: unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
+        for label, config in train_configs(definition, 0, {}, Path("."), source):
+            _check_dataset(config.dataset, source)
+    else:
+        for key in ("models", "analysis"):
+            if key in definition:
+                raise ConfigError(f"{source}: a transfer experiment has no `{key}`; its network comes from `source`")
+        transfer.TransferSettings.from_dict(definition.get("transfer", {}), f"{source}: transfer")
+        _check_source(definition, source)
+        _check_dataset(target_config(definition, 0, {}, Path("."), source).dataset, source)
+
+
+def _check_mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_dataset(name: str, source: str) -> None:
+    try:
+        get_spec(name)
+    except DataError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check_model_entry(entry: Any, source: str) -> None:
+    entry = _check_mapping(entry, f"{source}: each entry of `models`")
+    check_keys(entry, list(MODEL_KEYS), f"{source}: models")
+    if entry.get("model") not in list_models():
+        raise ConfigError(f"{source}: unknown model {entry.get('model')!r}; choose one of: {', '.join(list_models())}")
+    valid = list(model_arguments(entry["model"]))
+    check_keys(_check_mapping(entry.get("model_args", {}), f"{source}: model_args"), valid,
+               f"{source}: model_args of {entry['model']}")
+    depths = entry.get("depths")
+    if depths is not None:
+        if "depth" not in valid:
+            raise ConfigError(f"{source}: model {entry['model']!r} has no depth, so it takes no `depths`")
+        if not isinstance(depths, list) or not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
+            raise ConfigError(f"{source}: depths must be a list of positive integers, got {depths!r}")
+
+
+def _check_source(definition: dict[str, Any], source: str) -> None:
+    src = _check_mapping(definition.get("source"), f"{source}: source")
+    check_keys(src, list(SOURCE_KEYS), f"{source}: source")
+    given = [k for k in ("experiment", "checkpoint", "train") if k in src]
+    if len(given) != 1:
+        raise ConfigError(f"{source}: source needs exactly one of `experiment`, `checkpoint` or `train`")
+    if "experiment" in src:
+        source_experiment(src, "full")   # the named experiment exists, trains models, and has this one
+    elif "train" in src:
+        TrainConfig.from_dict({**definition.get("train", {}), **_check_mapping(src["train"], f"{source}: source.train")},
+                              f"{source}: source.train")
+
+
+def source_experiment(src: dict[str, Any], profile: str) -> tuple[dict[str, Any], str, int | None]:
+    """The source experiment of a transfer, the model it names, and the depth (default: its deepest)."""
+    experiment = load_experiment(src["experiment"], profile)
+    if experiment.get("kind", "train") != "train":
+        raise ConfigError(f"source experiment {src['experiment']!r} trains no models (it is a transfer)")
+    entries = [e for e in experiment["models"] if e["model"] == src.get("model", e["model"])]
+    if not entries:
+        raise ConfigError(f"source experiment {src['experiment']!r} has no model {src['model']!r}")
+    entry = entries[-1]
+    depths = entry.get("depths") or [None]
+    depth = src.get("depth", max(depths) if depths != [None] else None)
+    if depth not in depths:
+        raise ConfigError(f"source experiment {src['experiment']!r} trains {entry['model']} at depths "
+                          f"{depths}, not {depth}")
+    return experiment, entry["model"], depth
+
+
+def run_label(model: str, depth: int | None) -> str:
+    """The name of a model in tables and folders: model, with its depth when it has one (rescnn6)."""
+    return f"{model}{depth}" if depth is not None else model
+
+
+def make_config(values: dict[str, Any], overrides: dict[str, Any], seed: int, folder: Path, name: str,
+                group: str, job_type: str, source: str) -> TrainConfig:
+    """A run's TrainConfig: the experiment's settings, then the command line's, then seed, folder and W&B group."""
+    for key, why in FORBIDDEN_OVERRIDES.items():
+        if key in overrides:
+            raise ConfigError(f"--{key} cannot be set for an experiment: {why}")
+    overrides = dict(overrides)
+    extra_args = overrides.pop("model_args", {})
+    model = values.get("model", "mlp")
+    accepted = model_arguments(model) if model in list_models() else {}
+    # A model flag (--width 8) applies to the models that take it; ex1.2's mlp has no width.
+    model_args = {**values.get("model_args", {}), **{k: v for k, v in extra_args.items() if k in accepted}}
+    return TrainConfig.from_dict({**values, **overrides, "model_args": model_args, "seed": seed, "out": str(folder),
+                                  "name": name, "wandb_group": group, "wandb_job_type": job_type}, source)
+
+
+def train_configs(experiment: dict[str, Any], seed: int, overrides: dict[str, Any], folder: Path,
+                  source: str | None = None) -> list[tuple[str, TrainConfig]]:
+    """(label, config) of every model (and depth) of a training experiment for one seed."""
+    name = experiment.get("name", "experiment")
+    pairs = []
+    for entry in experiment["models"]:
+        for depth in entry.get("depths") or [None]:
+            label = run_label(entry["model"], depth)
+            model_args = {**entry.get("model_args", {}), **({"depth": depth} if depth is not None else {})}
+            values = {**experiment.get("train", {}), "model": entry["model"], "model_args": model_args}
+            pairs.append((label, make_config(values, overrides, seed, folder, f"{label}-seed{seed}", name, label,
+                                             source or name)))
+    extra = set(overrides.get("model_args", {})) - {k for _, c in pairs for k in model_arguments(c.model)}
+    if extra:
+        raise ConfigError(f"no model of {name} takes {', '.join(sorted(extra))}")
+    return pairs
+
+
+def target_config(experiment: dict[str, Any], seed: int, overrides: dict[str, Any], folder: Path,
+                  source: str | None = None) -> TrainConfig:
+    """The fine-tuning settings of a transfer experiment (the network itself comes from the source)."""
+    name = experiment.get("name", "experiment")
+    return make_config({**experiment.get("train", {}), "model": "mlp", "model_args": {}}, overrides, seed, folder,
+                       f"finetune-seed{seed}", name, "finetune", source or name)
+
+
+def source_config(experiment: dict[str, Any], seed: int, overrides: dict[str, Any], folder: Path) -> TrainConfig | None:
+    """The TrainConfig that trains a transfer's source network (None when the source is a checkpoint file)."""
+    src = experiment["source"]
+    if "train" in src:
+        values = {**experiment.get("train", {}), **src["train"]}
+        label = run_label(values.get("model", "mlp"), values.get("model_args", {}).get("depth"))
+        return make_config(values, overrides, seed, folder, f"source-{label}-seed{seed}", experiment["name"],
+                           f"source-{label}", experiment["name"])
+    if "experiment" in src:
+        source_exp, model, depth = source_experiment(src, experiment["profile"])
+        # The source trains on its own dataset: a --dataset flag is meant for the target.
+        overrides = {k: v for k, v in overrides.items() if k != "dataset"}
+        pairs = dict(train_configs(source_exp, seed, overrides, folder.parent / source_exp["name"]))
+        return pairs[run_label(model, depth)]
+    return None
+
+
+def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
+    """run_training, except that a finished run with the same settings is reused and an interrupted one resumed."""
+    run_dir = config.run_dir
+    summary_path = run_dir / "summary.json"
+    wanted = {k: v for k, v in config.to_dict().items() if k in RESULT_KEYS}
+    if not overwrite and (run_dir / "config.yaml").is_file() and (summary_path.is_file() or (run_dir / "last.pth").is_file()):
+        check_same_settings(run_dir, wanted)
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            if summary["stopped_by"] != "interrupted":
+                print(f"reusing finished run {run_dir}", flush=True)
+                return summary
+        print(f"resuming {run_dir}", flush=True)
+        return run_training(config, resume=True)
+    # A folder without summary or last.pth holds no finished epoch: nothing is lost by replacing it.
+    return run_training(config, overwrite=True if run_dir.exists() else overwrite)
+
+
+def check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
+    """Refuse to reuse a run folder whose saved settings differ from the wanted ones."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise ReslabError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, this one wants {value!r}; "
+                              "use --overwrite to replace it or --out for another folder")
+
+
+def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
+                   overwrite: bool = False, folder: str | Path | None = None) -> dict[str, Any]:
+    """Run one experiment (a shipped name or a YAML file) for seeds 0..seeds-1; write study.json and report.md."""
+    overrides = dict(overrides or {})
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+    experiment = load_experiment(name, profile)
+    out = Path(overrides.pop("out", "runs"))
+    folder = Path(folder) if folder is not None else out / experiment["name"]
+    print(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==",
+          flush=True)
+    start = time.perf_counter()
+    status = {"experiment": experiment["name"], "description": experiment.get("description", ""), "profile": profile,
+              "seeds": seeds, "status": "done", "reason": None, "runs": []}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "experiment.yaml").write_text(yaml.safe_dump({**experiment, "overrides": overrides}, sort_keys=False))
+    try:
+        if experiment.get("kind", "train") == "train":
+            status["runs"] = _run_training_experiment(experiment, seeds, overrides, folder, overwrite)
+        else:
+            status["runs"] = _run_transfer_experiment(experiment, seeds, overrides, folder, overwrite)
+    except DataError as exc:
+        status.update(status="not run", reason=str(exc))
+        print(f"{experiment['name']}: not run: {exc}", flush=True)
+    status["wall_seconds"] = round(time.perf_counter() - start, 1)
+    (folder / "study.json").write_text(json.dumps(status, indent=2))
+    from .report import write_report
+    report = write_report(folder)
+    print(f"{experiment['name']}: {status['status']} in {status['wall_seconds']:.0f}s; report: {report}", flush=True)
+    return {**status, "folder": str(folder), "report": str(report)}
+
+
+def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any], folder: Path,
+                             overwrite: bool) -> list[str]:
+    """Every model x seed through run_training, then the experiment's analyses; return the run folder names."""
+    runs, flows = [], []
+    for seed in range(seeds):
+        pairs = train_configs(experiment, seed, overrides, folder)
+        for label, config in pairs:
+            print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
+            summary = train_run(config, overwrite)
+            if summary["stopped_by"] == "interrupted":
+                raise KeyboardInterrupt
+            runs.append(config.run_name)
+        if "gradient_flow" in experiment.get("analysis", []):
+            flows.append(analysis.gradient_flow_at_init(dict(pairs)))
+    if flows:
+        (folder / "gradient_flow.json").write_text(json.dumps(flows, indent=2))
+    return runs
+
+
+def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any], folder: Path,
+                             overwrite: bool) -> list[str]:
+    """For each seed: make sure the source network exists, then probe its frozen features and fine-tune it."""
+    settings = transfer.TransferSettings.from_dict(experiment.get("transfer", {}), f"{experiment['name']}: transfer")
+    runs = []
+    # The target first: when it is missing, no source network is trained for nothing.
+    data = transfer.load_target(target_config(experiment, 0, overrides, folder))
+    for seed in range(seeds):
+        target = target_config(experiment, seed, overrides, folder)
+        src = source_config(experiment, seed, overrides, folder)
+        if src is None:
+            checkpoint = Path(experiment["source"]["checkpoint"])
+        else:
+            print(f"-- {experiment['name']}: source {src.run_name} ({src.run_dir})", flush=True)
+            if train_run(src, overwrite)["stopped_by"] == "interrupted":
+                raise KeyboardInterrupt
+            checkpoint = src.run_dir / "best_model.pth"
+        todo = []
+        for method in settings.methods:
+            run_dir = folder / f"{method}-seed{seed}"
+            wanted = transfer.run_settings(method, target, settings, checkpoint)
+            if not overwrite and _finished(run_dir):
+                check_same_settings(run_dir, wanted)
+                print(f"reusing finished run {run_dir}", flush=True)
+            else:
+                todo.append(method)
+            runs.append(run_dir.name)
+        if todo:
+            print(f"-- {experiment['name']}: {', '.join(todo)} seed {seed} from {checkpoint}", flush=True)
+            summaries = transfer.run_transfer(checkpoint, data, target, settings, folder, todo)
+            if any(s.get("stopped_by") == "interrupted" for s in summaries.values()):
+                raise KeyboardInterrupt
+    return runs
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether a transfer run folder holds a result that was not cut short."""
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    return json.loads((run_dir / "summary.json").read_text()).get("stopped_by") != "interrupted"
+
+
+def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
+            overwrite: bool = False) -> dict[str, Any]:
+    """The four reference exercises in order into <out>/lab/, ex2.1 reusing ex1.3's network; then the lab report."""
+    overrides = dict(overrides or {})
+    lab = Path(overrides.pop("out", "runs")) / "lab"
+    start = time.perf_counter()
+    results = [run_experiment(name, seeds, profile, overrides, overwrite, folder=lab / name) for name in LAB]
+    record = {"exercises": list(LAB), "profile": profile, "seeds": seeds,
+              "wall_seconds": round(time.perf_counter() - start, 1)}
+    (lab / "lab.json").write_text(json.dumps(record, indent=2))
+    from .report import write_report
+    report = write_report(lab)
+    for result in results:
+        line = result["status"] + (f": {result['reason']}" if result["reason"] else "")
+        print(f"{result['experiment']:8s} {line}", flush=True)
+    print(f"lab finished in {record['wall_seconds']:.0f}s; report: {report}", flush=True)
+    return {**record, "results": results, "report": str(report)}

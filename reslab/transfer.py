@@ -1,0 +1,290 @@
+"""Transfer a trained network to another dataset: probes on its frozen features, and fine-tuning with a new head."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig, check_keys
+from .datasets import Dataset, load_dataset
+from .errors import ConfigError, ReslabError
+from .evaluate import classification_metrics, evaluate
+from .loader import TensorLoader, stratified_split
+from .run import hardware_name, make_loaders, prepare_run_dir, print_summary, seed_everything
+from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
+from .train import resolve_device, train_model
+
+PROBES = ("svm", "knn", "logreg")
+METHODS = PROBES + ("finetune", "staged")
+
+
+@dataclass
+class TransferSettings:
+    """How the frozen features are probed and how staged fine-tuning is split."""
+
+    svm_c: float = 1.0                   # LinearSVC regularization, on standardized features
+    knn_k: int = 5
+    logreg_c: float = 1.0                # LogisticRegression regularization, on standardized features
+    probe_max_train: int | None = None   # fit the probes on at most this many training images (stratified)
+    head_epochs: int = 3                 # staged: epochs that train the head alone before everything is trained
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "transfer") -> "TransferSettings":
+        """Build and validate; an unknown key is an error naming the closest valid one."""
+        check_keys(values, [f.name for f in dataclasses.fields(cls)], source)
+        settings = cls(**values)
+        for name in ("svm_c", "logreg_c"):
+            value = getattr(settings, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{source}: {name} must be a number > 0, got {value!r}")
+        for name, minimum in (("knn_k", 1), ("head_epochs", 1), ("probe_max_train", 1)):
+            value = getattr(settings, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise ConfigError(f"{source}: {name} must be an integer >= {minimum}, got {value!r}")
+        unknown = [m for m in settings.methods if m not in METHODS]
+        if unknown or not settings.methods:
+            raise ConfigError(f"{source}: methods must be a non-empty list of {', '.join(METHODS)}, got {settings.methods!r}")
+        return settings
+
+
+def load_target(config: TrainConfig) -> Dataset:
+    """The target dataset (downloaded when missing; a DataError when that fails)."""
+    return load_dataset(config.dataset, config.data_dir)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The name of the model's classifier: its last nn.Linear."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ReslabError(f"{type(model).__name__} has no nn.Linear classifier to replace or probe below")
+    return names[-1]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Stop gradients to every parameter and switch to eval mode (BatchNorm statistics and dropout fixed)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, loader: TensorLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every image: the output of the layer feeding the classifier, caught by a forward hook."""
+    classifier = model.get_submodule(classifier_name(model))
+    batches: list[torch.Tensor] = []
+    # The classifier's input is exactly what the layer before it outputs, whatever that layer is called.
+    handle = classifier.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].float().cpu()))
+    labels = []
+    model.eval()
+    try:
+        for x, y in loader:
+            model(x)
+            labels.append(y.cpu())
+    finally:
+        handle.remove()
+    return torch.cat(batches).numpy(), torch.cat(labels).numpy()
+
+
+def make_probes(settings: TransferSettings) -> dict[str, Any]:
+    """The scikit-learn classifiers fitted on frozen features, each after standardizing them."""
+    return {"svm": make_pipeline(StandardScaler(), LinearSVC(C=settings.svm_c)),
+            "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=settings.knn_k)),
+            "logreg": make_pipeline(StandardScaler(), LogisticRegression(C=settings.logreg_c, max_iter=1000))}
+
+
+def with_new_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """A trainable copy of `model` whose classifier is a freshly initialized nn.Linear for `num_classes`."""
+    model = copy.deepcopy(model)
+    name = classifier_name(model)
+    old = model.get_submodule(name)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def check_input_shape(checkpoint: dict[str, Any], path: Path, data: Dataset) -> None:
+    """A network only transfers to images of the shape it was trained on."""
+    shape = tuple(checkpoint["input_shape"])
+    if shape != data.input_shape:
+        raise ReslabError(f"{path} takes {'x'.join(map(str, shape))} inputs ({checkpoint['dataset']}) but "
+                          f"{data.name} images are {'x'.join(map(str, data.input_shape))}; choose a target of the "
+                          "same input shape")
+
+
+def run_settings(method: str, config: TrainConfig, settings: TransferSettings, checkpoint: Path) -> dict[str, Any]:
+    """The settings that decide one transfer run's result, as saved in its config.yaml."""
+    keys = ("dataset", "val_fraction", "train_subset", "seed")
+    if method in ("finetune", "staged"):
+        keys += ("epochs", "batch_size", "lr", "weight_decay", "stagnation_stop", "patience", "min_delta",
+                 "overfit_stop", "overfit_patience", "overfit_delta", "augment")
+    values = {k: getattr(config, k) for k in keys}
+    extra = {"svm": ("svm_c", "probe_max_train"), "knn": ("knn_k", "probe_max_train"),
+             "logreg": ("logreg_c", "probe_max_train"), "finetune": (), "staged": ("head_epochs",)}[method]
+    return {**values, **{k: getattr(settings, k) for k in extra}, "method": method,
+            "source_checkpoint": str(checkpoint)}
+
+
+def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, settings: TransferSettings,
+                 folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Transfer one source checkpoint to `data` by each method; write <folder>/<method>-seed<k>/; return summaries."""
+    source, ckpt = load_checkpoint(checkpoint_path)
+    check_input_shape(ckpt, Path(checkpoint_path), data)
+    config = config.replace(model=ckpt["model"], model_args=dict(ckpt["model_args"]))
+    summaries = {}
+    probes = [m for m in methods if m in PROBES]
+    if probes:
+        summaries.update(probe_runs(freeze(source), ckpt, checkpoint_path, data, config, settings, folder, probes))
+    for method in ("finetune", "staged"):
+        if method in methods:
+            head_epochs = settings.head_epochs if method == "staged" else 0
+            summaries[method] = finetune(source, ckpt, checkpoint_path, data, config, settings, folder, method,
+                                         head_epochs)
+    return summaries
+
+
+def probe_runs(model: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, data: Dataset, config: TrainConfig,
+               settings: TransferSettings, folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Fit each probe on frozen features of the training split and test it; one summary.json per probe."""
+    device = resolve_device(config.device)
+    model.to(device)
+    train_idx = training_indices(data, config, settings.probe_max_train)
+    # The frozen network sees its inputs normalized as in its own training.
+    norm = ckpt["normalization"]
+    start = time.perf_counter()
+    loaders = [TensorLoader(images, labels, config.eval_batch_size, norm["mean"], norm["std"], device)
+               for images, labels in ((data.train_images[train_idx], data.train_labels[train_idx]),
+                                      (data.test_images, data.test_labels))]
+    (train_x, train_y), (test_x, test_y) = (extract_features(model, loader) for loader in loaders)
+    extract_seconds = time.perf_counter() - start
+    print(f"features: {train_x.shape[1]} per image, {len(train_y)} train + {len(test_y)} test images, "
+          f"{extract_seconds:.1f}s", flush=True)
+    summaries = {}
+    for method in methods:
+        probe = make_probes(settings)[method]
+        start = time.perf_counter()
+        probe.fit(train_x, train_y)
+        predictions = probe.predict(test_x)
+        seconds = time.perf_counter() - start
+        metrics = classification_metrics(test_y, predictions, data.num_classes)
+        summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"],
+                   "dataset": data.name, "source_dataset": ckpt["dataset"], "source_checkpoint": str(checkpoint_path),
+                   "seed": config.seed, "test_accuracy": metrics["accuracy"], "test_precision": metrics["precision"],
+                   "test_recall": metrics["recall"], "test_f1": metrics["f1"], "num_features": int(train_x.shape[1]),
+                   "num_train": len(train_y), "num_test": len(test_y), "train_seconds": round(seconds, 3),
+                   "extract_seconds": round(extract_seconds, 3), "data_official": data.official,
+                   "device": str(device), "hardware": hardware_name(device),
+                   "test_confusion_matrix": metrics["confusion_matrix"]}
+        run_dir = folder / f"{method}-seed{config.seed}"
+        prepare_run_dir(run_dir, resume=False, overwrite=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(run_settings(method, config, settings, checkpoint_path),
+                                                            sort_keys=False))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"{method}: test accuracy {100 * metrics['accuracy']:.2f}%  ({seconds:.1f}s)", flush=True)
+        summaries[method] = summary
+    return summaries
+
+
+def training_indices(data: Dataset, config: TrainConfig, limit: int | None = None) -> np.ndarray:
+    """The training part of the run's stratified split (the images fine-tuning trains on), at most `limit`."""
+    train_idx, _ = stratified_split(data.train_labels, config.val_fraction, config.seed)
+    for size in (config.train_subset, limit):   # the same subset rule as the run's loaders
+        if size is not None and size < len(train_idx):
+            keep, _ = stratified_split(data.train_labels[train_idx], 1 - size / len(train_idx), config.seed)
+            train_idx = train_idx[keep]
+    return train_idx
+
+
+class _PhaseTracker(Tracker):
+    """Numbers a phase's epochs after the previous phase's and marks each record with its phase."""
+
+    def __init__(self, tracker: Tracker, offset: int, phase: str):
+        self.tracker, self.offset, self.phase = tracker, offset, phase
+
+    def log_epoch(self, record):
+        self.tracker.log_epoch({**record, "epoch": record["epoch"] + self.offset, "phase": self.phase})
+
+
+def finetune(source: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, data: Dataset, config: TrainConfig,
+             settings: TransferSettings, folder: Path, method: str = "finetune", head_epochs: int = 0) -> dict[str, Any]:
+    """Train the source network with a fresh head on the target (head alone first for `head_epochs` epochs)."""
+    run_dir = folder / f"{method}-seed{config.seed}"
+    config = config.replace(name=run_dir.name, out=str(folder), wandb_job_type=method)
+    prepare_run_dir(run_dir, resume=False, overwrite=True)
+    seed_everything(config.seed, config.deterministic)
+    device = resolve_device(config.device)
+    loaders = make_loaders(data, config, device)
+    model = with_new_head(source, data.num_classes)
+    if loaders["train"].channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
+             "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
+             "num_train": loaders["train"].num_samples, "num_val": len(loaders["val"].labels),
+             "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
+             "source_dataset": ckpt["dataset"], "torch_version": str(torch.__version__)}
+    full_config = {**config.to_dict(), **facts, **run_settings(method, config, settings, checkpoint_path)}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
+    meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "classes": data.classes, "normalization": full_config["normalization"]}
+    wandb = None if config.wandb == "disabled" else WandbTracker(
+        config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
+    trackers = Trackers(ConsoleTracker(config.epochs), JsonlTracker(run_dir / "metrics.jsonl"), wandb)
+    trackers.start(full_config)
+    phases = [("all", config.epochs)]
+    if head_epochs:
+        phases = [("head", min(head_epochs, config.epochs)), ("all", max(config.epochs - head_epochs, 1))]
+    histories = []
+    exit_code = 1
+    try:
+        for phase, epochs in phases:
+            head = model.get_submodule(classifier_name(model))
+            for p in model.parameters():
+                p.requires_grad_(phase == "all")
+            for p in head.parameters():
+                p.requires_grad_(True)
+            offset = sum(len(h.epochs) for h in histories)
+            histories.append(train_model(model, loaders["train"], loaders["val"], config.replace(epochs=epochs),
+                                         _PhaseTracker(trackers, offset, phase), run_dir, meta))
+            if histories[-1].stopped_by in ("interrupted", "nan"):
+                break
+        test = evaluate(model, loaders["test"], data.num_classes, config.amp)
+        last = histories[-1]
+        summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"], "dataset": data.name,
+                   "source_dataset": ckpt["dataset"], "source_checkpoint": str(checkpoint_path), "seed": config.seed,
+                   "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_precision": test["precision"],
+                   "test_recall": test["recall"], "test_f1": test["f1"],
+                   "epochs_run": sum(len(h.epochs) for h in histories),
+                   "best_epoch": sum(len(h.epochs) for h in histories[:-1]) + last.best_epoch,
+                   "best_val_loss": last.best_val_loss, "stopped_by": last.stopped_by,
+                   "head_epochs": len(histories[0].epochs) if head_epochs else 0,
+                   "train_seconds": round(sum(h.train_seconds for h in histories), 3), "data_official": data.official,
+                   "device": str(device), "hardware": facts["hardware"], "num_parameters": facts["num_parameters"],
+                   "test_per_class_precision": test["per_class_precision"],
+                   "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"]}
+        if last.nan_at:
+            summary["nan_at"] = last.nan_at
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        trackers.log_summary(summary)
+        exit_code = 0
+    finally:
+        trackers.finish(exit_code)
+    print_summary(summary, run_dir, config)
+    return summary
