@@ -166,9 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     for key in ("experiment", "seeds", "profile", "overwrite"):
         overrides.pop(key, None)
-    run_experiment(args.experiment, seeds=args.seeds, profile=args.profile, overrides=overrides,
-                   overwrite=args.overwrite)
-    return 0
+    result = run_experiment(args.experiment, seeds=args.seeds, profile=args.profile, overrides=overrides,
+                            overwrite=args.overwrite)
+    return 0 if result["status"] == "done" else 1
 
 
 def cmd_lab(args: argparse.Namespace) -> int:

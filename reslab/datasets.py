@@ -108,7 +108,7 @@ def list_datasets() -> list[str]:
 
 def get_spec(name: str) -> DatasetSpec:
     """The spec of a dataset by name, or a one-line error listing the valid names."""
-    key = name.lower().replace("-", "").replace("_", "")
+    key = str(name).lower().replace("-", "").replace("_", "")   # str(): a YAML file may hold `dataset: 10`
     if key not in SPECS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
     return SPECS[key]

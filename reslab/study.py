@@ -37,7 +37,8 @@ FORBIDDEN_OVERRIDES = {"model": "edit the experiment's `models` list in a copy o
 
 def list_experiments() -> list[tuple[str, str]]:
     """(name, description) of every experiment shipped with reslab."""
-    return [(path.stem, load_yaml(path).get("description", "")) for path in sorted(EXPERIMENTS_DIR.glob("*.yaml"))]
+    paths = sorted(EXPERIMENTS_DIR.glob("*.yaml"), key=lambda p: p.stem)
+    return [(path.stem, load_yaml(path).get("description", "")) for path in paths]
 
 
 def experiment_path(name_or_file: str | Path) -> Path:
@@ -181,9 +182,6 @@ def run_label(model: str, depth: int | None) -> str:
 def make_config(values: dict[str, Any], overrides: dict[str, Any], seed: int, folder: Path, name: str,
                 group: str, job_type: str, source: str) -> TrainConfig:
     """A run's TrainConfig: the experiment's settings, then the command line's, then seed, folder and W&B group."""
-    for key, why in FORBIDDEN_OVERRIDES.items():
-        if key in overrides:
-            raise ConfigError(f"--{key} cannot be set for an experiment: {why}")
     overrides = dict(overrides)
     extra_args = overrides.pop("model_args", {})
     model = values.get("model", "mlp")
@@ -206,9 +204,6 @@ def train_configs(experiment: dict[str, Any], seed: int, overrides: dict[str, An
             values = {**experiment.get("train", {}), "model": entry["model"], "model_args": model_args}
             pairs.append((label, make_config(values, overrides, seed, folder, f"{label}-seed{seed}", name, label,
                                              source or name)))
-    extra = set(overrides.get("model_args", {})) - {k for _, c in pairs for k in model_arguments(c.model)}
-    if extra:
-        raise ConfigError(f"no model of {name} takes {', '.join(sorted(extra))}")
     return pairs
 
 
@@ -268,6 +263,9 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
                    overwrite: bool = False, folder: str | Path | None = None) -> dict[str, Any]:
     """Run one experiment (a shipped name or a YAML file) for seeds 0..seeds-1; write study.json and report.md."""
     overrides = dict(overrides or {})
+    for key, why in FORBIDDEN_OVERRIDES.items():
+        if key in overrides:
+            raise ConfigError(f"--{key} cannot be set for an experiment: {why}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     experiment = load_experiment(name, profile)
@@ -279,7 +277,10 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     status = {"experiment": experiment["name"], "description": experiment.get("description", ""), "profile": profile,
               "seeds": seeds, "status": "done", "reason": None, "runs": []}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "experiment.yaml").write_text(yaml.safe_dump({**experiment, "overrides": overrides}, sort_keys=False))
+    # The file as written plus how it was run: the report applies the profile itself to say what it changed.
+    record = {"name": experiment["name"], **load_yaml(experiment_path(name)), "profile": profile, "seeds": seeds,
+              "overrides": overrides}
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
     try:
         if experiment.get("kind", "train") == "train":
             status["runs"] = _run_training_experiment(experiment, seeds, overrides, folder, overwrite)
@@ -300,6 +301,9 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
                              overwrite: bool) -> list[str]:
     """Every model x seed through run_training, then the experiment's analyses; return the run folder names."""
     runs, flows = [], []
+    unused = set(overrides.get("model_args", {})) - {k for e in experiment["models"] for k in model_arguments(e["model"])}
+    if unused:
+        print(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there", flush=True)
     for seed in range(seeds):
         pairs = train_configs(experiment, seed, overrides, folder)
         for label, config in pairs:
@@ -327,9 +331,14 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
         src = source_config(experiment, seed, overrides, folder)
         if src is None:
             checkpoint = Path(experiment["source"]["checkpoint"])
+        elif "experiment" in experiment["source"] and _finished(src.run_dir):
+            # Another experiment's network is reused as it was trained there, whatever its settings.
+            print(f"-- {experiment['name']}: reusing source {src.run_dir}", flush=True)
+            checkpoint = src.run_dir / "best_model.pth"
         else:
-            print(f"-- {experiment['name']}: source {src.run_name} ({src.run_dir})", flush=True)
-            if train_run(src, overwrite)["stopped_by"] == "interrupted":
+            print(f"-- {experiment['name']}: training source {src.run_name} in {src.run_dir}", flush=True)
+            # Never replace another experiment's run: --overwrite is for this experiment's folders.
+            if train_run(src, overwrite and "train" in experiment["source"])["stopped_by"] == "interrupted":
                 raise KeyboardInterrupt
             checkpoint = src.run_dir / "best_model.pth"
         todo = []

@@ -149,6 +149,10 @@ def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, sett
     source, ckpt = load_checkpoint(checkpoint_path)
     check_input_shape(ckpt, Path(checkpoint_path), data)
     config = config.replace(model=ckpt["model"], model_args=dict(ckpt["model_args"]))
+    source_summary = Path(checkpoint_path).parent / "summary.json"
+    # Kept with every result, so a report needs no file outside the transfer's own run folders.
+    facts = {"source_test_accuracy": json.loads(source_summary.read_text())["test_accuracy"]} \
+        if source_summary.is_file() else {}
     summaries = {}
     probes = [m for m in methods if m in PROBES]
     if probes:
@@ -158,6 +162,9 @@ def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, sett
             head_epochs = settings.head_epochs if method == "staged" else 0
             summaries[method] = finetune(source, ckpt, checkpoint_path, data, config, settings, folder, method,
                                          head_epochs)
+    for method, summary in summaries.items():
+        summary.update(facts)
+        (folder / f"{method}-seed{config.seed}" / "summary.json").write_text(json.dumps(summary, indent=2))
     return summaries
 
 

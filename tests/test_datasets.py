@@ -392,6 +392,11 @@ def test_unknown_dataset_lists_valid_names(tiny_data):
         assert name in message
 
 
+def test_dataset_name_that_is_not_a_string(tiny_data):
+    with pytest.raises(DataError, match="unknown dataset 10; choose one of: cifar10, cifar100"):
+        load_dataset(10, tiny_data)
+
+
 def test_missing_files_without_download(tmp_path):
     dest = write_idx_dataset(tmp_path, n_train=20, n_test=10)
     (dest / "t10k-labels-idx1-ubyte.gz").unlink()

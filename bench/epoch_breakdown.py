@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Where reslab's epoch time goes: its parts timed one by one against the bare loop of bench/epoch_speed.py.
+
+For one model, every part below is timed once per round; the rounds take turns (rotating order) and the table
+gives the median over rounds with min..max, in milliseconds per epoch (per call for the per-epoch extras):
+
+  bare train / bare val        (b) of epoch_speed: step loop over pre-made tensors; validation pass
+  loader: train / val          iterating reslab's TensorLoaders alone (gather by index, crop + flip, normalize)
+  step over loader batches     the bare step loop fed by the TensorLoader (loader + step, no bookkeeping)
+  reslab _train_epoch          train.py's epoch: the above + loss/accuracy sums + the nan check
+  reslab evaluate_loss_acc.    train.py's validation
+  checkpoint last.pth          building the resume dict as train_model does (capture_rng, optimizer state) +
+                               save_atomic (torch.save, fsync, rename)
+  checkpoint best_model.pth    deepcopy of the state dict + save_atomic, as on an improving epoch
+  trackers                     console line + metrics.jsonl (open, append, fsync)
+  train_model, 1 epoch         the whole (a) epoch of epoch_speed, through train_model
+and for the CNN, what channels_last loaders and model (as on CUDA) would change on this device.
+
+    python bench/epoch_breakdown.py --model mlp --repeat 5
+    python bench/epoch_breakdown.py --model rescnn --repeat 3 --profile   # + torch.profiler top ops
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from epoch_speed import (DEFAULT_DATA, SEED, BarePipeline, ReslabPipeline, benches,  # noqa: E402
+                         split_like_reslab)
+
+from reslab.checkpoint import save_atomic  # noqa: E402
+from reslab.config import TrainConfig  # noqa: E402
+from reslab.datasets import load_dataset  # noqa: E402
+from reslab.loader import TensorLoader  # noqa: E402
+from reslab.train import (StopSignals, _checkpoint, _train_epoch, autocast_for, capture_rng,  # noqa: E402
+                          evaluate_loss_accuracy, EarlyStopping)
+
+
+def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bool) -> None:
+    """The bare step loop, fed by any iterable of (x, y)."""
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    for x, y in loader:
+        with autocast_for(device, amp):
+            loss = criterion(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="mlp", choices=["mlp", "resmlp", "rescnn"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--eval-batch-size", type=int, default=1024)
+    p.add_argument("--cnn-depth", type=int, default=3)
+    p.add_argument("--cnn-width", type=int, default=None)
+    p.add_argument("--profile", action="store_true", help="torch.profiler: top ops of one (a) and one (b) epoch")
+    args = p.parse_args()
+    args.models = [args.model]
+    device = torch.device(args.device)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.threads or cores
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    bench = benches(args, device)[0]
+    data = load_dataset(bench.dataset, args.data_dir, download=False)
+    config = TrainConfig(model=bench.model, dataset=bench.dataset, model_args=bench.model_args, epochs=1,
+                         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, stagnation_stop=False,
+                         overfit_stop=False, train_subset=bench.train_subset, val_fraction=args.val_fraction,
+                         seed=SEED, device=str(device), wandb="disabled")
+    split = split_like_reslab(data, config)
+    is_cnn = bench.model.endswith("cnn")
+    print(f"{bench.title}: {len(split.train_idx)} train + {len(split.val_idx)} val, batch {args.batch_size}, "
+          f"device {device}, {threads} torch threads, {args.repeat} rounds")
+
+    tmp = tempfile.TemporaryDirectory(prefix="reslab-breakdown-")
+    a = ReslabPipeline(bench, data, config, split, device, Path(tmp.name))
+    b = BarePipeline(bench, split, config, device, channels_last=is_cnn)    # as epoch_speed's (b)
+    train_loader, val_loader = a.loaders["train"], a.loaders["val"]
+    model, amp = a.model, config.amp
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    stopper = EarlyStopping.from_config(config)
+    record = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.9,
+              "seconds": 1.0}
+    signals = StopSignals()
+
+    def write_last():
+        last = _checkpoint(model, a.meta, config, record)
+        last.update(optimizer=optimizer.state_dict(), early_stopping=stopper.state_dict(),
+                    loader=train_loader.state_dict(), rng=capture_rng(), history=[record] * 10, best_epoch=1,
+                    train_seconds=1.0, best_state_dict=copy.deepcopy(model.state_dict()), wandb_id=None)
+        save_atomic(last, a.run_dir / "last.pth")
+
+    def write_best():
+        copy.deepcopy(model.state_dict())
+        save_atomic(_checkpoint(model, a.meta, config, record), a.run_dir / "best_model.pth")
+
+    def track():
+        with contextlib.redirect_stdout(io.StringIO()):
+            a.trackers.log_epoch(record)
+
+    parts = {
+        "bare train (b)": lambda: bare_train(b),
+        "bare val (b)": lambda: b._validate(),
+        "loader: train batches only": lambda: [None for _ in train_loader],
+        "loader: val batches only": lambda: [None for _ in val_loader],
+        "step over loader batches": lambda: step_over(model, optimizer, train_loader, device, amp),
+        "reslab _train_epoch": lambda: _train_epoch(model, train_loader, optimizer, config, signals, None, None),
+        "reslab evaluate_loss_accuracy": lambda: evaluate_loss_accuracy(model, val_loader, amp),
+        "checkpoint last.pth (every epoch)": write_last,
+        "checkpoint best_model.pth (improving)": write_best,
+        "trackers: console + metrics.jsonl": track,
+        "train_model, 1 epoch (a)": lambda: a.run(1),
+    }
+    if is_cnn and device.type == "cpu":
+        cl = dict(mean=split.mean, std=split.std, device=device, channels_last=True)
+        cl_train = TensorLoader(split.images[split.train_idx], split.labels[split.train_idx], config.batch_size,
+                                shuffle=True, augment=split.augment, seed=SEED, **cl)
+        cl_val = TensorLoader(split.images[split.val_idx], split.labels[split.val_idx], config.eval_batch_size, **cl)
+        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        cl_opt = torch.optim.Adam(cl_model.parameters(), lr=config.lr)
+        b_nchw = BarePipeline(bench, split, config, device, channels_last=False)
+        parts.update({
+            "bare train, NCHW model + inputs": lambda: bare_train(b_nchw),
+            "bare val, NCHW model + inputs": lambda: b_nchw._validate(),
+            "_train_epoch, channels_last loader+model": lambda: _train_epoch(cl_model, cl_train, cl_opt, config,
+                                                                            signals, None, None),
+            "evaluate, channels_last loader+model": lambda: evaluate_loss_accuracy(cl_model, cl_val, amp),
+        })
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for fn in parts.values():            # warm-up
+        fn()
+    times = {name: [] for name in parts}
+    names = list(parts)
+    for r in range(args.repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            start = time.perf_counter()
+            parts[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+
+    n_batches = len(train_loader)
+    print(f"  {'part':<40} {'ms median':>10} {'[min-max]':>18} {'us/train batch':>15}")
+    for name in names:
+        v = [t * 1e3 for t in times[name]]
+        med = statistics.median(v)
+        print(f"  {name:<40} {med:10.1f} {f'[{min(v):.1f}-{max(v):.1f}]':>18} {1e3 * med / n_batches:15.0f}")
+    m = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print("\n  derived (medians, ms per epoch):")
+    print(f"    loader cost in training   = step over loader - bare train        = "
+          f"{m['step over loader batches'] - m['bare train (b)']:8.1f}")
+    print(f"    sums + nan check          = _train_epoch - step over loader      = "
+          f"{m['reslab _train_epoch'] - m['step over loader batches']:8.1f}")
+    print(f"    validation gap            = evaluate_loss_accuracy - bare val    = "
+          f"{m['reslab evaluate_loss_accuracy'] - m['bare val (b)']:8.1f}")
+    parts_sum = (m["reslab _train_epoch"] + m["reslab evaluate_loss_accuracy"] + m["checkpoint last.pth (every epoch)"]
+                 + m["trackers: console + metrics.jsonl"])
+    print(f"    _train_epoch + evaluate + last.pth + trackers = {parts_sum:8.1f}   "
+          f"(train_model epoch: {m['train_model, 1 epoch (a)']:.1f}; + best_model.pth on improving epochs: "
+          f"{m['checkpoint best_model.pth (improving)']:.1f})")
+    print(f"    bare train + bare val (b) = {m['bare train (b)'] + m['bare val (b)']:8.1f}")
+    print(f"    last.pth is {os.path.getsize(a.run_dir / 'last.pth') / 2**20:.2f} MiB; best_model.pth "
+          f"{os.path.getsize(a.run_dir / 'best_model.pth') / 2**20:.2f} MiB")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        for name in ("reslab _train_epoch", "bare train (b)", "reslab evaluate_loss_accuracy", "bare val (b)"):
+            with profile(activities=acts) as prof:
+                parts[name]()
+                sync()
+            print(f"\n  torch.profiler, one call of {name}: top ops by self CPU time")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=36))
+    tmp.cleanup()
+    return 0
+
+
+def bare_train(b: BarePipeline) -> None:
+    """The train half of (b): contiguous slices of the pre-made tensors."""
+    step_over(b.model, b.optimizer, ((b.x[i:i + b.batch_size], b.y[i:i + b.batch_size])
+                                     for i in range(0, len(b.y), b.batch_size)), b.device, b.amp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""report.md for an experiment's or the lab's folder, generated only from the run folders inside it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from . import plots
+from .analysis import epoch_grad_norms
+from .errors import ReslabError
+from .study import apply_profile
+
+REFERENCE_NOTE = "Reference: the reference lab's figure; Target: what this study sets out to reach (— = none given)."
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write <folder>/report.md (and its figures) for an experiment folder or a lab folder; return its path."""
+    folder = Path(folder)
+    if (folder / "lab.json").is_file():
+        lines = lab_report(folder)
+    elif (folder / "study.json").is_file():
+        lines = [f"# reslab report: {folder.name}", ""] + experiment_section(folder, "", "##")
+    else:
+        raise ReslabError(f"{folder} holds no study results (no study.json or lab.json); run `reslab run NAME` or "
+                          "`reslab lab` first and give the folder they wrote")
+    path = folder / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def lab_report(folder: Path) -> list[str]:
+    """The lab's report: its protocol, then one section per exercise in the order they ran."""
+    lab = _read_json(folder / "lab.json")
+    lines = ["# reslab lab report", "",
+             f"The reference lab's exercises, run in order by `reslab lab`: profile **{lab['profile']}**, seeds "
+             f"{_seed_text(lab['seeds'])}, total wall time {_duration(lab['wall_seconds'])}.", ""]
+    if lab["profile"] == "quick":
+        lines += ["> **Quick run.** Every exercise was shrunk to fit a short CPU budget (each section says how); "
+                  "its figures show the study's shape, not the full protocol's accuracies.", ""]
+    for name in lab["exercises"]:
+        sub = folder / name
+        if (sub / "study.json").is_file():
+            lines += experiment_section(sub, f"{name}/", "##")
+        else:
+            lines += [f"## {name}", "", "No results: this exercise has not run in this folder.", ""]
+    return lines
+
+
+def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
+    """Markdown for one experiment folder; figure links are relative to the report (prefix = path to folder)."""
+    status = _read_json(folder / "study.json")
+    definition = yaml.safe_load((folder / "experiment.yaml").read_text())
+    lines = [f"{level} {status['experiment']}: {status['description']}", ""]
+    if status["status"] != "done":
+        return lines + [f"**Not run**: {status['reason']}", ""]
+    runs = [_read_run(folder / name) for name in status["runs"]]
+    effective = apply_profile(definition, definition["profile"])
+    reference, targets = effective.get("reference", {}), effective.get("targets", {})
+    lines += _notes(definition, runs)
+    if effective.get("kind", "train") == "train":
+        lines += _training_table(runs, reference, targets) + [""]
+        lines += _gradient_flow(folder, runs, reference, prefix, level)
+        lines += _training_figures(folder, status["experiment"], runs, reference, prefix)
+    else:
+        lines += _transfer_table(runs, reference, targets) + [""]
+        lines += _transfer_figures(folder, status["experiment"], runs, reference, prefix)
+    lines += _protocol(definition, effective, status, runs, level)
+    return lines
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReslabError(f"{path} is missing; the folder is incomplete (rerun the experiment)") from None
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    """A run folder's summary, per-epoch records and label (the folder name without -seedK)."""
+    summary = _read_json(run_dir / "summary.json")
+    metrics = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
+    return {"dir": run_dir, "label": run_dir.name.rsplit("-seed", 1)[0], "summary": summary, "records": records}
+
+
+def _by_label(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault(run["label"], []).append(run)
+    return grouped
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    """'mean ± std' (sample std over seeds), or the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _ref(table: dict[str, dict[str, float]], label: str, metric: str) -> str:
+    value = table.get(label, {}).get(metric)
+    return "—" if value is None else f"{value:g}"
+
+
+def _stopped(runs: list[dict[str, Any]]) -> str:
+    reasons = [r["summary"].get("stopped_by", "") for r in runs]
+    return ", ".join(f"{reason} ×{reasons.count(reason)}" if reasons.count(reason) > 1 else reason
+                     for reason in dict.fromkeys(reasons))
+
+
+def _training_table(runs: list[dict[str, Any]], reference: dict, targets: dict) -> list[str]:
+    """The reference lab's layout (Model | Depth | Epochs | Test Loss | Test Accuracy | Test Precision), ours as mean ± std."""
+    lines = ["| Model | Depth | Epochs | Test Loss | Test Accuracy (%) | Test Precision (%) | Reference (%) | "
+             "Target (%) | Stopped by | Train time (s) |", "|" + "---|" * 10]
+    for label, group in _by_label(runs).items():
+        s = [r["summary"] for r in group]
+        depth = s[0].get("model_args", {}).get("depth", "—")
+        lines.append(f"| {label} | {depth} | {_mean_std([x['epochs_run'] for x in s], 1)} | "
+                     f"{_mean_std([x['test_loss'] for x in s], 4)} | "
+                     f"{_mean_std([100 * x['test_accuracy'] for x in s], 2)} | "
+                     f"{_mean_std([100 * x['test_precision'] for x in s], 2)} | {_ref(reference, label, 'test_accuracy')} | "
+                     f"{_ref(targets, label, 'test_accuracy')} | {_stopped(group)} | "
+                     f"{_mean_std([x['train_seconds'] for x in s], 1)} |")
+    n = len(next(iter(_by_label(runs).values())))
+    return lines + ["", f"Mean ± sample std over {n} seed(s). {REFERENCE_NOTE}"]
+
+
+def _transfer_table(runs: list[dict[str, Any]], reference: dict, targets: dict) -> list[str]:
+    """The reference lab's layout (Method | Accuracy), ours as mean ± std over seeds."""
+    lines = ["| Method | Accuracy (%) | Reference (%) | Target (%) | Epochs | Time (s) |", "|" + "---|" * 6]
+    for label, group in _by_label(runs).items():
+        s = [r["summary"] for r in group]
+        epochs = _mean_std([x["epochs_run"] for x in s], 1) if "epochs_run" in s[0] else "—"
+        lines.append(f"| {METHOD_NAMES.get(label, label)} | {_mean_std([100 * x['test_accuracy'] for x in s], 2)} | "
+                     f"{_ref(reference, label, 'test_accuracy')} | {_ref(targets, label, 'test_accuracy')} | {epochs} | "
+                     f"{_mean_std([x['train_seconds'] for x in s], 1)} |")
+    first = runs[0]["summary"]
+    n = len(next(iter(_by_label(runs).values())))
+    source_accuracy = [100 * r["summary"]["source_test_accuracy"] for r in runs if r["label"] == runs[0]["label"]
+                       and "source_test_accuracy" in r["summary"]]
+    on_source = f" (test accuracy there {_mean_std(source_accuracy, 2)}%)" if source_accuracy else ""
+    return lines + ["", f"Mean ± sample std over {n} seed(s). Source network: {first['model']} "
+                    f"{_args(first['model_args'])} trained on {first['source_dataset']}{on_source}; target: "
+                    f"{first['dataset']}. "
+                    "Probes are fitted on standardized frozen features (the input of the classifier); "
+                    "time is the probe's fit + predict, or the fine-tuning's training time. " + REFERENCE_NOTE]
+
+
+METHOD_NAMES = {"svm": "svm (linear SVM, frozen features)", "knn": "knn (k nearest neighbours, frozen features)",
+                "logreg": "logreg (logistic regression, frozen features)",
+                "finetune": "finetune (all layers, fresh head)", "staged": "staged (head alone, then all layers)"}
+
+
+def _args(model_args: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in model_args.items()) + ")"
+
+
+def _figure(lines: list[str], title: str, path: Path, prefix: str) -> None:
+    lines += [f"![{title}]({prefix}figures/{path.name})", ""]
+
+
+def _training_figures(folder: Path, name: str, runs: list[dict[str, Any]], reference: dict, prefix: str) -> list[str]:
+    """Loss curves, learning curves and (for several depths) accuracy against depth."""
+    histories = {label: [r["records"] for r in group] for label, group in _by_label(runs).items()}
+    figures = folder / "figures"
+    lines = ["Figures:", ""]
+    for key, title in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+        path = plots.loss_curves(histories, key, f"{name}: {title} per epoch", figures / f"{key}.png")
+        _figure(lines, title, path, prefix)
+    path = plots.learning_curves(histories, f"{name}: train vs validation accuracy", figures / "learning_curves.png")
+    _figure(lines, "learning curves", path, prefix)
+    by_model: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        depth = run["summary"].get("model_args", {}).get("depth")
+        if depth is not None:
+            by_model.setdefault(run["summary"]["model"], {}).setdefault(depth, []).append(
+                100 * run["summary"]["test_accuracy"])
+    if any(len(d) > 1 for d in by_model.values()):
+        ref = {m: {d: reference[f"{m}{d}"]["test_accuracy"] for d in by_model[m] if "test_accuracy" in
+                   reference.get(f"{m}{d}", {})} for m in by_model}
+        path = plots.accuracy_vs_depth(by_model, ref, f"{name}: test accuracy vs depth", figures / "accuracy_vs_depth.png")
+        _figure(lines, "accuracy vs depth", path, prefix)
+    return lines
+
+
+def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, prefix: str, level: str) -> list[str]:
+    """The init gradient-norm table and its two figures, when the experiment ran the gradient-flow analysis."""
+    path = folder / "gradient_flow.json"
+    if not path.is_file():
+        return []
+    flows = _read_json(path)
+    labels = list(flows[0]["models"])
+    norms = {label: {} for label in labels}
+    for flow in flows:
+        for label in labels:
+            for layer, value in flow["models"][label]["norms"].items():
+                norms[label].setdefault(layer, []).append(value)
+    layers = sorted({layer for per in norms.values() for layer in per}, key=lambda s: int(s[2:]))
+    lines = [f"{level}# Gradient flow at initialization", "",
+             f"L2 norm of each linear layer's weight gradient after one forward/backward pass on the same fixed "
+             f"training batch ({flows[0]['batch_size']} images of {flows[0]['dataset']}), models freshly initialized; "
+             f"mean ± sample std over {len(flows)} seed(s).", "",
+             "| Layer | " + " | ".join(labels) + " | Reference |", "|" + "---|" * (len(labels) + 2)]
+    for layer in layers:
+        cells = [_mean_std(norms[label][layer], 3) if layer in norms[label] else "—" for label in labels]
+        refs = [f"{label} {reference[label]['init_grad_' + layer]:g}" for label in labels
+                if "init_grad_" + layer in reference.get(label, {})]
+        lines.append(f"| {layer} | " + " | ".join(cells) + f" | {', '.join(refs) or '—'} |")
+    lines.append("")
+    figures = folder / "figures"
+    bar = plots.grad_norm_bars(norms, "gradient L2 norm per layer at initialization", figures / "grad_norms_init.png")
+    _figure(lines, "gradient norms at initialization", bar, prefix)
+    seed0 = {run["label"]: run for run in runs if run["summary"].get("seed") == 0}
+    per_epoch = {label: epoch_grad_norms(seed0[label]["dir"], flows[0]["models"][label]["layers"])
+                 for label in labels if label in seed0}
+    if any(values for per in per_epoch.values() for values in per.values()):
+        lines += ["Per-epoch mean gradient norm during training (seed 0, `grad_2.0_norm/<param>` in metrics.jsonl):", ""]
+        path = plots.grad_norm_epochs(per_epoch, "gradient L2 norm per epoch (mean over batches)",
+                                      figures / "grad_norms_epochs.png")
+        _figure(lines, "gradient norms per epoch", path, prefix)
+    return lines
+
+
+def _transfer_figures(folder: Path, name: str, runs: list[dict[str, Any]], reference: dict, prefix: str) -> list[str]:
+    """The transfer bar chart, and loss and learning curves of the fine-tuning runs."""
+    figures = folder / "figures"
+    accuracies = {label: [100 * r["summary"]["test_accuracy"] for r in group] for label, group in _by_label(runs).items()}
+    ref = {m: v["test_accuracy"] for m, v in reference.items() if "test_accuracy" in v}
+    lines = ["Figures:", ""]
+    path = plots.transfer_bars(accuracies, ref, f"{name}: test accuracy by transfer method", figures / "transfer.png")
+    _figure(lines, "transfer methods", path, prefix)
+    histories = {label: [r["records"] for r in group] for label, group in _by_label(runs).items()
+                 if group[0]["records"]}
+    if histories:
+        for key, title in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+            path = plots.loss_curves(histories, key, f"{name}: fine-tuning {title} per epoch", figures / f"{key}.png")
+            _figure(lines, f"fine-tuning {title}", path, prefix)
+        path = plots.learning_curves(histories, f"{name}: fine-tuning accuracy", figures / "learning_curves.png")
+        _figure(lines, "fine-tuning learning curves", path, prefix)
+    return lines
+
+
+def _notes(definition: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """Plain warnings: a quick run, and data that is not the official release."""
+    lines = []
+    if definition["profile"] == "quick":
+        lines += [f"> **Quick run** (`--profile quick`): shrunk from the full protocol: "
+                  f"{_profile_changes(definition)}. Figures are far from full-protocol accuracies.", ""]
+    unofficial = sorted({r["summary"]["dataset"] for r in runs if r["summary"].get("data_official") is False})
+    if unofficial:
+        lines += [f"> **Data is not the official release**: the {', '.join(unofficial)} files used here do not match "
+                  "the official checksums (for example the JPEG-derived CIFAR-10 copy); accuracies are close to, "
+                  "not equal to, figures on the official data.", ""]
+    return lines
+
+
+def _profile_changes(definition: dict[str, Any]) -> str:
+    """'train.epochs 30 → 2, ...' for the settings the profile changed."""
+    changes = []
+    for section, values in definition.get("profiles", {}).get(definition["profile"], {}).items():
+        for key, value in values.items():
+            before = definition.get(section, {}).get(key, "default")
+            changes.append(f"{section}.{key} {_plain(before)} → {_plain(value)}")
+    return "; ".join(changes) or "nothing"
+
+
+def _plain(value: Any) -> str:
+    return "all" if value is None else str(value)
+
+
+def _protocol(definition: dict[str, Any], effective: dict[str, Any], status: dict[str, Any],
+              runs: list[dict[str, Any]], level: str) -> list[str]:
+    """Settings, seeds, profile, command-line overrides, hardware and wall time."""
+    train = {**effective.get("train", {}), **{k: v for k, v in definition.get("overrides", {}).items() if k != "model_args"}}
+    settings = ", ".join(f"{k}={_plain(v)}" for k, v in train.items())
+    lines = [f"{level}# Protocol", "", f"- Settings of every run: {settings}"]
+    if effective.get("kind", "train") == "train":
+        models = "; ".join(f"{m['model']} {_args(m.get('model_args', {}))}"
+                           + (f" at depths {m['depths']}" if m.get("depths") else "") for m in effective["models"])
+        lines.append(f"- Models: {models}")
+    else:
+        source = ", ".join(f"{k}={v}" for k, v in effective["source"].items())
+        lines.append(f"- Source: {source}; transfer settings: "
+                     + ", ".join(f"{k}={_plain(v)}" for k, v in effective.get("transfer", {}).items()))
+    if definition.get("overrides"):
+        lines.append("- Command-line overrides: " + ", ".join(f"{k}={v}" for k, v in definition["overrides"].items()))
+    lines.append(f"- Seeds: {_seed_text(status['seeds'])}; profile: {definition['profile']}"
+                 + (f" ({_profile_changes(definition)})" if definition["profile"] == "quick" else
+                    " (the experiment file's protocol)"))
+    hardware = sorted({f"{r['summary'].get('hardware')} ({r['summary'].get('device')})" for r in runs})
+    lines.append(f"- Hardware: {'; '.join(hardware)}")
+    lines.append(f"- Wall time of the command that ran this experiment: {_duration(status['wall_seconds'])} "
+                 "(runs reused from an earlier command count as 0); train time per run is in the table above")
+    lines.append(f"- Run folders: {', '.join(r['dir'].name for r in runs)}")
+    return lines + [""]
+
+
+def _seed_text(seeds: int) -> str:
+    return "0" if seeds == 1 else f"0..{seeds - 1}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,151 @@
+"""Transfer: the feature hook, the fresh head, the input-shape check, and both transfer exercises on tiny data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reslab import study, transfer
+from reslab.config import TrainConfig
+from reslab.datasets import load_dataset
+from reslab.errors import ConfigError, ReslabError
+from reslab.loader import TensorLoader
+from reslab.models import build_model
+
+TINY = {"epochs": 2, "wandb": "disabled"}
+
+
+def loader_of(n: int, shape: tuple[int, ...]) -> TensorLoader:
+    images = np.random.default_rng(0).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    labels = np.arange(n) % 10
+    return TensorLoader(images, labels, 16, mean=[0.5] * shape[0], std=[0.25] * shape[0])
+
+
+@pytest.mark.parametrize("name, args, width", [("rescnn", {"depth": 2, "width": 8}, 16), ("cnn", {"depth": 2, "width": 4}, 128),
+                                                ("mlp", {}, 64), ("resmlp", {"width": 20}, 20)])
+def test_hook_extracts_classifier_inputs_without_touching_the_weights(name, args, width):
+    torch.manual_seed(0)
+    model = transfer.freeze(build_model(name, (3, 32, 32), 10, **args))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = loader_of(40, (3, 32, 32))
+    features, labels = transfer.extract_features(model, loader)
+    assert features.shape == (40, width) and features.dtype == np.float32
+    assert np.array_equal(labels, np.arange(40) % 10)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model._forward_hooks and not model.get_submodule(transfer.classifier_name(model))._forward_hooks
+    # The features are what the classifier sees: applying it to them gives the model's outputs.
+    x, _ = next(iter(loader))
+    classifier = model.get_submodule(transfer.classifier_name(model))
+    with torch.no_grad():
+        assert torch.allclose(classifier(torch.from_numpy(features[:16])), model(x), atol=1e-5)
+
+
+def test_rescnn_features_are_the_pooled_output():
+    torch.manual_seed(0)
+    model = transfer.freeze(build_model("rescnn", (1, 28, 28), 10, depth=3, width=8))
+    loader = loader_of(20, (1, 28, 28))
+    features, _ = transfer.extract_features(model, loader)
+    x, _ = next(iter(loader))
+    with torch.no_grad():
+        pooled = model.pool(model.blocks(model.stem(x)))
+    assert features.shape == (20, model.num_features)
+    assert torch.allclose(torch.from_numpy(features[:16]), pooled, atol=1e-6)
+
+
+def test_new_head_is_fresh_and_the_source_stays_as_it_was():
+    torch.manual_seed(0)
+    source = transfer.freeze(build_model("rescnn", (3, 32, 32), 10, depth=2, width=8))
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    model = transfer.with_new_head(source, 100)
+    assert (model.fc.in_features, model.fc.out_features) == (source.fc.in_features, 100)
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in source.state_dict().items())
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(before[k], v) for k, v in body.items())
+
+
+def test_transfer_settings_are_validated():
+    with pytest.raises(ConfigError, match="did you mean 'svm_c'"):
+        transfer.TransferSettings.from_dict({"svm_C": 2.0})
+    with pytest.raises(ConfigError, match="knn_k must be an integer >= 1"):
+        transfer.TransferSettings.from_dict({"knn_k": 0})
+    with pytest.raises(ConfigError, match="methods must be"):
+        transfer.TransferSettings.from_dict({"methods": ["svm", "finetun"]})
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    """ex2.1-fashion on tiny MNIST -> Fashion-MNIST files, two epochs everywhere."""
+    from fakedata import write_idx_dataset
+    data = tmp_path_factory.mktemp("fashion-data")
+    write_idx_dataset(data, "MNIST/raw")
+    write_idx_dataset(data, "FashionMNIST/raw", seed=10)
+    out = tmp_path_factory.mktemp("fashion-runs")
+    result = study.run_experiment("ex2.1-fashion", overrides={**TINY, "data_dir": str(data), "out": str(out)})
+    return result, out / "ex2.1-fashion", data
+
+
+def test_ex2_1_fashion_trains_its_source_then_runs_every_method(fashion):
+    result, folder, _ = fashion
+    assert result["status"] == "done"
+    assert result["runs"] == ["svm-seed0", "knn-seed0", "logreg-seed0", "finetune-seed0", "staged-seed0"]
+    source = json.loads((folder / "source-rescnn3-seed0" / "summary.json").read_text())
+    assert (source["dataset"], source["model_args"]["width"]) == ("mnist", 16)
+    for method in ("svm", "knn", "logreg"):
+        summary = json.loads((folder / f"{method}-seed0" / "summary.json").read_text())
+        assert (summary["dataset"], summary["source_dataset"], summary["num_features"]) == ("fashionmnist", "mnist", 64)
+        assert summary["source_test_accuracy"] == source["test_accuracy"]
+        assert 0.0 <= summary["test_accuracy"] <= 1.0
+    for method in ("finetune", "staged"):
+        assert {"config.yaml", "metrics.jsonl", "best_model.pth", "last.pth", "summary.json"} <= {
+            p.name for p in (folder / f"{method}-seed0").iterdir()}
+
+
+def test_staged_trains_the_head_alone_first_and_numbers_epochs_on(fashion):
+    _, folder, _ = fashion
+    records = [json.loads(line) for line in (folder / "staged-seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"]) for r in records] == [(1, "head"), (2, "all")]
+    assert json.loads((folder / "staged-seed0" / "summary.json").read_text())["head_epochs"] == 1
+
+
+def test_fine_tuned_checkpoint_loads_with_the_target_classes(fashion):
+    from reslab.checkpoint import load_checkpoint
+    _, folder, _ = fashion
+    model, ckpt = load_checkpoint(folder / "finetune-seed0" / "best_model.pth")
+    assert (ckpt["dataset"], ckpt["num_classes"], model.fc.out_features) == ("fashionmnist", 10, 10)
+
+
+def test_a_checkpoint_of_another_input_shape_is_a_one_line_error(fashion, tiny_data, tmp_path):
+    _, folder, _ = fashion
+    checkpoint = folder / "source-rescnn3-seed0" / "best_model.pth"
+    data = load_dataset("cifar100", tiny_data)
+    config = TrainConfig(dataset="cifar100", data_dir=str(tiny_data), wandb="disabled")
+    with pytest.raises(ReslabError, match=r"takes 1x28x28 inputs \(mnist\) but cifar100 images are 3x32x32") as info:
+        transfer.run_transfer(checkpoint, data, config, transfer.TransferSettings(), tmp_path, ["svm"])
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_user_transfer_file_can_name_any_checkpoint(fashion, tmp_path):
+    _, folder, data = fashion
+    checkpoint = folder / "source-rescnn3-seed0" / "best_model.pth"
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"kind: transfer\nsource: {{checkpoint: {checkpoint}}}\ntrain: {{dataset: fashionmnist}}\n"
+                    "transfer: {methods: [knn, finetune], knn_k: 3}\n")
+    result = study.run_experiment(str(path), overrides={"epochs": 1, "wandb": "disabled", "data_dir": str(data),
+                                                        "out": str(tmp_path)})
+    assert result["runs"] == ["knn-seed0", "finetune-seed0"]
+    assert "| knn (k nearest neighbours" in Path(result["report"]).read_text()
+
+
+def test_ex2_1_trains_the_ex1_3_network_when_it_is_absent(tiny_data, tmp_path):
+    result = study.run_experiment("ex2.1", overrides={"epochs": 1, "wandb": "disabled", "data_dir": str(tiny_data),
+                                                      "out": str(tmp_path), "val_fraction": 0.2, "train_subset": 100,
+                                                      "model_args": {"width": 8}})
+    assert result["status"] == "done"
+    assert [p.name for p in (tmp_path / "ex1.3").iterdir()] == ["rescnn6-seed0"]   # only the source, nothing else
+    summary = json.loads((tmp_path / "ex2.1" / "finetune-seed0" / "summary.json").read_text())
+    assert (summary["source_dataset"], summary["dataset"], summary["model_args"]["depth"]) == ("cifar10", "cifar100", 6)
