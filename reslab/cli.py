@@ -94,9 +94,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def build_config(file: str | None, overrides: dict[str, Any]):
     """TrainConfig from an optional YAML file with flags on top."""
     from .config import TrainConfig, load_yaml
+    from .errors import ConfigError
     values = load_yaml(file) if file else {}
     source = file or "config"
-    model_args = {**values.pop("model_args", {}), **overrides.pop("model_args", {})}
+    file_model_args = values.pop("model_args", None) or {}
+    if not isinstance(file_model_args, dict):
+        raise ConfigError(f"{source}: model_args must be a mapping, got {file_model_args!r}")
+    model_args = {**file_model_args, **overrides.pop("model_args", {})}
     return TrainConfig.from_dict({**values, **overrides, "model_args": model_args}, source)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,9 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first setting that is out of range."""
+        """Raise ConfigError naming the first setting of the wrong type or out of range."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         _check_int(self, "epochs", 1)
         _check_int(self, "batch_size", 1)
         _check_int(self, "eval_batch_size", 1)
@@ -141,6 +145,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, found {type(data).__name__}")
     return data
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a text", dict: "a mapping"}
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Raise ConfigError unless `value` fits the annotation (bool, int, float, str, dict, or X | None)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if base in (bool, str, dict) and isinstance(value, base):
+            return
+    wanted = " or ".join("empty (null)" if o is type(None) else _TYPE_NAMES[typing.get_origin(o) or o]
+                         for o in options)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 
 
 def _check_int(cfg: TrainConfig, name: str, minimum: int) -> None:

@@ -68,7 +68,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         prepare_run_dir(run_dir, resume, overwrite)   # raises the "already exists" error
 
 
-def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_ctx: Context | None = None) -> dict[str, Any]:
+def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_ctx: Context | None = None,
+                 channels_last: bool = False) -> dict[str, Any]:
     """Stratified split, normalization statistics of the train part, and the three loaders."""
     train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
     if config.train_subset is not None and config.train_subset < len(train_idx):
@@ -76,7 +77,6 @@ def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_
         train_idx = train_idx[keep]
     mean, std = channel_stats(data.train_images[train_idx])
     augment = config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
-    channels_last = device.type == "cuda" and config.model.endswith("cnn")
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     if dist_ctx is not None:
         common.update(rank=dist_ctx.rank, world_size=dist_ctx.world_size)
@@ -123,10 +123,12 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     if not data.official and main_process:
         print(f"note: the {data.name} files in use are not the official release (checksums differ); "
               "results are close to, not equal to, official figures", flush=True)
-    loaders = make_loaders(data, config, device, dist_ctx)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_args)
-    if loaders["train"].channels_last:
+    # channels_last speeds convolutions up on CUDA and, measured on 2 CPU cores, on the CPU too.
+    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    loaders = make_loaders(data, config, device, dist_ctx, channels_last)
     facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
              "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
              "world_size": dist_ctx.world_size if dist_ctx else 1,

@@ -29,7 +29,8 @@ class EarlyStopping:
     """The stagnation and overfitting rules; state is saved with the checkpoint so a resumed run stops alike.
 
     stagnation: an epoch improves when ``val_loss < best_val_loss - min_delta`` (best_val_loss is the val loss of
-    the last improving epoch); otherwise ``wait += 1``; stop when ``wait >= patience``.
+    the last improving epoch); otherwise ``wait += 1`` and stop when ``wait >= patience`` (so patience 0 stops at
+    the first epoch that does not improve).
     overfitting: an epoch overfits when ``val_loss > best_val_loss + overfit_delta`` (best before this epoch);
     stop after ``overfit_patience`` overfitting epochs in a row. If both fire together the reason is overfitting.
     """
@@ -62,7 +63,7 @@ class EarlyStopping:
         self.overfit_count = self.overfit_count + 1 if overfitting else 0
         if self.overfit_stop and self.overfit_count >= self.overfit_patience:
             return improved, "overfitting"
-        if self.stagnation_stop and self.wait >= self.patience:
+        if self.stagnation_stop and not improved and self.wait >= self.patience:
             return improved, "stagnation"
         return improved, None
 

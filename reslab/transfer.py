@@ -255,9 +255,9 @@ def finetune(source: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, dat
         config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
     trackers = Trackers(ConsoleTracker(config.epochs), JsonlTracker(run_dir / "metrics.jsonl"), wandb)
     trackers.start(full_config)
-    phases = [("all", config.epochs)]
-    if head_epochs:
-        phases = [("head", min(head_epochs, config.epochs)), ("all", max(config.epochs - head_epochs, 1))]
+    # Staged and full fine-tuning get the same epoch budget; the last epoch at least trains everything.
+    head_epochs = min(head_epochs, config.epochs - 1)
+    phases = ([("head", head_epochs)] if head_epochs else []) + [("all", config.epochs - head_epochs)]
     histories = []
     exit_code = 1
     try:

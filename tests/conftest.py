@@ -11,7 +11,9 @@ from fakedata import write_all
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the suite runs many tiny models, where threads only contend (and CI has 2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # for the child processes some tests start
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -169,8 +169,6 @@ def test_from_config_takes_every_setting():
     assert stopper.best_val_loss == math.inf and stopper.wait == 0 and stopper.overfit_count == 0
 
 
-@pytest.mark.xfail(strict=True, reason="patience=0 passes config validation but makes EarlyStopping stop at "
-                   "the first epoch even though it improved (wait 0 >= patience 0)")
 def test_patience_zero_does_not_stop_an_improving_run():
     TrainConfig(patience=0)                                      # accepted as a valid setting
     stopper = _stagnation_only(patience=0)

@@ -159,7 +159,8 @@ def test_same_seed_same_batches_and_epochs_differ():
 def test_same_seed_same_augmented_pixels():
     images, labels = _data(40)
     kwargs = dict(mean=[0.5] * 3, std=[0.25] * 3, shuffle=True, augment=True, seed=2)
-    for (xa, ya), (xb, yb) in zip(TensorLoader(images, labels, 16, **kwargs), TensorLoader(images, labels, 16, **kwargs)):
+    a, b = TensorLoader(images, labels, 16, **kwargs), TensorLoader(images, labels, 16, **kwargs)
+    for (xa, ya), (xb, yb) in zip(a, b):
         torch.testing.assert_close(xa, xb, rtol=0, atol=0)
         assert torch.equal(ya, yb)
 

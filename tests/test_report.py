@@ -21,7 +21,8 @@ def ex1_2(tmp_path_factory):
     write_idx_dataset(data, "MNIST/raw")
     out = tmp_path_factory.mktemp("runs")
     study.run_experiment("ex1.2", seeds=2, profile="quick", overrides={"epochs": 2, "wandb": "disabled",
-                                                                       "data_dir": str(data), "out": str(out)})
+                                                                       "train_subset": 100, "data_dir": str(data),
+                                                                       "out": str(out)})
     return out / "ex1.2"
 
 
@@ -67,7 +68,7 @@ def test_report_states_quick_profile_data_and_protocol(ex1_2):
     assert "**Data is not the official release**: the mnist files" in report
     assert "- Seeds: 0..1; profile: quick" in report
     assert "- Hardware: " in report and "- Wall time of the command" in report
-    assert "- Command-line overrides: epochs=2" in report
+    assert "- Command-line overrides: epochs=2, wandb=disabled, train_subset=100" in report
 
 
 def test_report_of_a_folder_without_results_is_an_error(tmp_path):

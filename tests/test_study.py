@@ -180,6 +180,7 @@ def test_lab_runs_the_exercises_in_order_and_reports_a_missing_dataset(lab):
     assert "ex1.3/figures/accuracy_vs_depth.png" in report
 
 
+@pytest.mark.filterwarnings("ignore:The number of unique classes")   # tiny CIFAR-100: one image per class
 def test_ex2_1_reuses_the_lab_s_ex1_3_network(lab, tiny_data):
     _, folder = lab
     source = folder / "ex1.3" / "rescnn6-seed0" / "best_model.pth"

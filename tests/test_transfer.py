@@ -15,7 +15,7 @@ from reslab.errors import ConfigError, ReslabError
 from reslab.loader import TensorLoader
 from reslab.models import build_model
 
-TINY = {"epochs": 2, "wandb": "disabled"}
+TINY = {"epochs": 2, "wandb": "disabled", "train_subset": 100}
 
 
 def loader_of(n: int, shape: tuple[int, ...]) -> TensorLoader:
@@ -135,12 +135,12 @@ def test_a_user_transfer_file_can_name_any_checkpoint(fashion, tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(f"kind: transfer\nsource: {{checkpoint: {checkpoint}}}\ntrain: {{dataset: fashionmnist}}\n"
                     "transfer: {methods: [knn, finetune], knn_k: 3}\n")
-    result = study.run_experiment(str(path), overrides={"epochs": 1, "wandb": "disabled", "data_dir": str(data),
-                                                        "out": str(tmp_path)})
+    result = study.run_experiment(str(path), overrides={**TINY, "epochs": 1, "data_dir": str(data), "out": str(tmp_path)})
     assert result["runs"] == ["knn-seed0", "finetune-seed0"]
     assert "| knn (k nearest neighbours" in Path(result["report"]).read_text()
 
 
+@pytest.mark.filterwarnings("ignore:The number of unique classes")   # tiny CIFAR-100: one image per class
 def test_ex2_1_trains_the_ex1_3_network_when_it_is_absent(tiny_data, tmp_path):
     result = study.run_experiment("ex2.1", overrides={"epochs": 1, "wandb": "disabled", "data_dir": str(tiny_data),
                                                       "out": str(tmp_path), "val_fraction": 0.2, "train_subset": 100,
