@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun: process group, DDP wrapping, and all-reduced epoch sums."""
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ class Context:
 
         After a failure, leave without waiting: the other ranks may never arrive."""
         if dist.is_initialized():
+            # Free the DDP wrapper's pending gloo work now: left to interpreter shutdown it can abort the process.
+            gc.collect()
             if wait:
                 dist.barrier()
             dist.destroy_process_group()

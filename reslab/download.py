@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
 import urllib.error
 import urllib.request
@@ -72,9 +71,7 @@ def extract_tar(archive: Path, dest: Path) -> None:
                 raise DataError(f"{archive}: unexpected member {member.name!r} (only files and folders allowed)")
             if not (root / member.name).resolve().is_relative_to(root):
                 raise DataError(f"{archive}: member {member.name!r} points outside {dest}")
-        tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder if it exists (used to drop a half-extracted archive)."""
-    shutil.rmtree(path, ignore_errors=True)
+        if hasattr(tarfile, "data_filter"):   # Python >= 3.11.4 / 3.12: also refuse odd permissions
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from . import analysis, transfer
 from .config import TrainConfig, check_keys, load_yaml
-from .datasets import get_spec
+from .datasets import DatasetSpec, get_spec
 from .errors import ConfigError, DataError, ReslabError
-from .models import list_models, model_arguments
+from .models import build_model, list_models, model_arguments
 from .run import run_training
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
@@ -105,7 +106,7 @@ def validate(definition: dict[str, Any], source: str) -> None:
             if name not in ANALYSES:
                 raise ConfigError(f"{source}: unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
         for label, config in train_configs(definition, 0, {}, Path("."), source):
-            _check_dataset(config.dataset, source)
+            _check_model(config, f"{source}: {label}")
     else:
         for key in ("models", "analysis"):
             if key in definition:
@@ -121,11 +122,21 @@ def _check_mapping(value: Any, where: str) -> dict:
     return value
 
 
-def _check_dataset(name: str, source: str) -> None:
+def _check_dataset(name: str, source: str) -> DatasetSpec:
     try:
-        get_spec(name)
+        return get_spec(name)
     except DataError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check_model(config: TrainConfig, where: str) -> None:
+    """Build the config's model on the meta device: every argument checked, no weights allocated."""
+    spec = _check_dataset(config.dataset, where)
+    try:
+        with torch.device("meta"):
+            build_model(config.model, spec.input_shape, spec.num_classes, **config.model_args)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_model_entry(entry: Any, source: str) -> None:
@@ -140,7 +151,8 @@ def _check_model_entry(entry: Any, source: str) -> None:
     if depths is not None:
         if "depth" not in valid:
             raise ConfigError(f"{source}: model {entry['model']!r} has no depth, so it takes no `depths`")
-        if not isinstance(depths, list) or not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
+        if not isinstance(depths, list) or not depths or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths):
             raise ConfigError(f"{source}: depths must be a list of positive integers, got {depths!r}")
 
 
@@ -153,8 +165,10 @@ def _check_source(definition: dict[str, Any], source: str) -> None:
     if "experiment" in src:
         source_experiment(src, "full")   # the named experiment exists, trains models, and has this one
     elif "train" in src:
-        TrainConfig.from_dict({**definition.get("train", {}), **_check_mapping(src["train"], f"{source}: source.train")},
-                              f"{source}: source.train")
+        values = {**definition.get("train", {}), **_check_mapping(src["train"], f"{source}: source.train")}
+        config = TrainConfig.from_dict(values, f"{source}: source.train")
+        _check_model_entry({"model": config.model, "model_args": config.model_args}, f"{source}: source.train")
+        _check_model(config, f"{source}: source.train")
 
 
 def source_experiment(src: dict[str, Any], profile: str) -> tuple[dict[str, Any], str, int | None]:

@@ -5,6 +5,7 @@ import copy
 import math
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .checkpoint import FORMAT, save_atomic
 from .config import TrainConfig
@@ -319,8 +321,6 @@ def evaluate_loss_accuracy(model: nn.Module, loader: TensorLoader, amp: bool = T
 
 def _progress(loader: TensorLoader, desc: str):
     """A progress bar over the batches when stderr is a terminal; the plain loader otherwise."""
-    import sys
     if not sys.stderr.isatty():
         return loader
-    from tqdm import tqdm
     return tqdm(loader, desc=desc, leave=False, total=len(loader))

@@ -25,7 +25,7 @@ def test_torchrun_two_ranks(tiny_data, tmp_path):
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "reslab", *ARGS,
                            "--data-dir", str(tiny_data), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
     assert [p.name for p in out.iterdir()] == ["run"]               # one run folder
     summary = json.loads((out / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2
