@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Full-fidelity results on one GPU, in one go: the speed benchmark, then exercises 1.3 (plain vs residual CNN on
+# CIFAR-10 at depths 2/3/6), 1 and 1.2 (MLP and residual MLP on MNIST) at the shipped experiments' full protocol,
+# the reports and a timing table. Runs that end print a line at once, so a run cut short still shows what finished.
+#
+#   bash bench/gpu_lab.sh OUT_DIR           on a CUDA machine (no network needed); reads the data from .device/
+#   bash bench/gpu_lab.sh OUT_DIR --smoke   on the CPU with generated tiny data, in about a minute (tested)
+#
+# Stage the data first, here (.device/ is git-ignored; 29 MB, under the device tool's 64 MiB):
+#   mkdir -p .device/MNIST/raw && cp ../shared/data/MNIST/raw/*.gz .device/MNIST/raw/ \
+#     && cp -r ../shared/data/cifar10-jpeg .device/
+# then, with the device tool: command `bash bench/gpu_lab.sh $OUT`, carry [".device"], timeout_s 600.
+#
+# Order: ex1.3 seed 0 (six models, the most valuable), ex1 and ex1.2 with 3 seeds, then ex1.3 seeds 1 and 2 only
+# if the time left (RESLAB_GPU_BUDGET seconds in all, default 480) fits them at seed 0's pace.
+# OUT_DIR receives at most 8 files: bench.txt, timing.md, report-<experiment>.md, runs.tar.gz (every run's
+# summary.json, metrics.jsonl, config.yaml, the reports and figures; no checkpoints) and log.txt.
+set -uo pipefail
+
+out=${1:?usage: bash bench/gpu_lab.sh OUT_DIR [--smoke]}
+mode=${2:-full}
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+stage=${RESLAB_STAGE:-$root/.device}
+budget=${RESLAB_GPU_BUDGET:-480}
+work=$(mktemp -d)
+data=$work/data
+runs=$work/runs
+py=${PYTHON:-python3}                  # the interpreter that has torch
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+exec > >(tee "$out/log.txt") 2>&1
+failed=0
+say() { echo "[gpu_lab +${SECONDS}s] $*"; }
+step() {   # run one step; note its failure and go on, so one broken run does not cost the others
+  "$@"; local rc=$?
+  [ $rc -eq 0 ] || failed=$((failed + 1))
+  return $rc
+}
+reslab() { step "$py" -m reslab "$@"; }
+
+if [ "$mode" = "--smoke" ]; then
+  device=cpu
+  "$py" -c "import sys; sys.path.insert(0, '$root/tests'); from fakedata import write_all; write_all('$data')"
+  shrink=(--epochs 1 --width 8)        # seconds on a CPU: the point is that every step still runs
+  bench=(--smoke)
+  mnist_seeds=1 budget=0
+else
+  device=cuda
+  "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" \
+    || exit 1
+  mkdir -p "$data/MNIST/raw" && cp "$stage"/MNIST/raw/*.gz "$data/MNIST/raw/" || { say "no MNIST in $stage"; exit 1; }
+  "$py" "$stage/cifar10-jpeg/unpack.py" "$data" || { say "cannot unpack CIFAR-10 from $stage"; exit 1; }
+  shrink=()
+  bench=()
+  mnist_seeds=3
+fi
+say "data ready in $data"
+common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${shrink[@]+"${shrink[@]}"})
+
+say "speed benchmark"
+step timeout 120 "$py" "$root/bench/epoch_speed.py" --device "$device" --data-dir "$data" ${bench[@]+"${bench[@]}"} \
+  | tee "$out/bench.txt"
+
+start=$SECONDS
+reslab run ex1.3 --seeds 1 "${common[@]}"; say "ex1.3 seed 0 done (rc $?)"
+per_seed=$((SECONDS - start))
+reslab run ex1 --seeds "$mnist_seeds" "${common[@]}"; say "ex1 done (rc $?)"
+reslab run ex1.2 --seeds "$mnist_seeds" "${common[@]}"; say "ex1.2 done (rc $?)"
+left=$((budget - SECONDS))
+if [ "$left" -gt $((per_seed * 23 / 10)) ]; then more=3
+elif [ "$left" -gt $((per_seed * 12 / 10)) ]; then more=2
+else more=1; fi
+if [ "$more" -gt 1 ]; then
+  reslab run ex1.3 --seeds "$more" "${common[@]}"; say "ex1.3 seeds 0..$((more - 1)) done (rc $?)"
+else
+  say "ex1.3 stays at 1 seed: ${left}s left, one seed took ${per_seed}s"
+fi
+
+"$py" "$root/bench/timing_table.py" "$runs" | tee "$out/timing.md"
+for exp in ex1.3 ex1 ex1.2; do
+  [ -f "$runs/$exp/report.md" ] && cp "$runs/$exp/report.md" "$out/report-$exp.md"
+done
+tar czf "$out/runs.tar.gz" -C "$work" --exclude='*.pth' --exclude='wandb' runs
+say "finished with $failed failed step(s); results in $out"
+[ "$failed" -eq 0 ]
