@@ -14,7 +14,7 @@ gives the median over rounds with min..max, in milliseconds per epoch (per call 
   checkpoint best_model.pth    deepcopy of the state dict + save_atomic, as on an improving epoch
   trackers                     console line + metrics.jsonl (open, append, fsync)
   train_model, 1 epoch         the whole (a) epoch of epoch_speed, through train_model
-and for the CNN, what channels_last loaders and model (as on CUDA) would change on this device.
+and for the CNN, the same parts with an NCHW model and inputs (reslab uses channels_last for conv nets).
 
     python bench/epoch_breakdown.py --model mlp --repeat 5
     python bench/epoch_breakdown.py --model rescnn --repeat 3 --profile   # + torch.profiler top ops
@@ -131,20 +131,21 @@ def main() -> int:
         "trackers: console + metrics.jsonl": track,
         "train_model, 1 epoch (a)": lambda: a.run(1),
     }
-    if is_cnn and device.type == "cpu":
-        cl = dict(mean=split.mean, std=split.std, device=device, channels_last=True)
-        cl_train = TensorLoader(split.images[split.train_idx], split.labels[split.train_idx], config.batch_size,
-                                shuffle=True, augment=split.augment, seed=SEED, **cl)
-        cl_val = TensorLoader(split.images[split.val_idx], split.labels[split.val_idx], config.eval_batch_size, **cl)
-        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        cl_opt = torch.optim.Adam(cl_model.parameters(), lr=config.lr)
+    if is_cnn:        # what channels_last gives: the same parts with NCHW model and inputs
+        nchw = dict(mean=split.mean, std=split.std, device=device, channels_last=False)
+        nchw_train = TensorLoader(split.images[split.train_idx], split.labels[split.train_idx], config.batch_size,
+                                  shuffle=True, augment=split.augment, seed=SEED, **nchw)
+        nchw_val = TensorLoader(split.images[split.val_idx], split.labels[split.val_idx], config.eval_batch_size,
+                                **nchw)
+        nchw_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        nchw_opt = torch.optim.Adam(nchw_model.parameters(), lr=config.lr)
         b_nchw = BarePipeline(bench, split, config, device, channels_last=False)
         parts.update({
             "bare train, NCHW model + inputs": lambda: bare_train(b_nchw),
             "bare val, NCHW model + inputs": lambda: b_nchw._validate(),
-            "_train_epoch, channels_last loader+model": lambda: _train_epoch(cl_model, cl_train, cl_opt, config,
-                                                                            signals, None, None),
-            "evaluate, channels_last loader+model": lambda: evaluate_loss_accuracy(cl_model, cl_val, amp),
+            "_train_epoch, NCHW loader + model": lambda: _train_epoch(nchw_model, nchw_train, nchw_opt, config,
+                                                                     signals, None, None),
+            "evaluate, NCHW loader + model": lambda: evaluate_loss_accuracy(nchw_model, nchw_val, amp),
         })
 
     def sync():

@@ -3,9 +3,9 @@
 
 Nothing under reslab/ is edited: the proposals are a TensorLoader subclass and a copy of train._train_epoch,
 swapped in while their variant runs. Every variant goes through reslab's train_model with the console and
-metrics.jsonl trackers and the checkpoints on, like (a) of bench/epoch_speed.py; (b) is epoch_speed's bare loop.
-Variants take turns (rotating order) over --repeat rounds after one warm-up epoch; seconds per epoch are the
-median over rounds, [min-max] beside it.
+metrics.jsonl trackers and the checkpoints on, like (a) of bench/epoch_speed.py (channels_last model and loaders
+for the CNN, as run_training decides); (b) is epoch_speed's bare loop. Variants take turns (rotating order) over
+--repeat rounds after one warm-up epoch; seconds per epoch are the median over rounds, [min-max] beside it.
 
   a       reslab as it is
   a+P1    TensorLoader gathers with torch.index_select instead of advanced indexing (images[idx], labels[idx]);
@@ -13,7 +13,11 @@ median over rounds, [min-max] beside it.
           (the batches are bit-identical to reslab's: checked before timing)
   a+P2    + _train_epoch keeps per-batch loss and correct counts in preallocated slots and checks isfinite on
           each window of NAN_CHECK_EVERY batches (instead of ~12 small tensor ops per batch)
-  a+P3    + CNN only: channels_last loaders and model on the CPU too (reslab does it on CUDA only)
+  a NCHW  CNN only: reslab as it is but with an NCHW model and loaders (reslab before commit 34de741 on the CPU),
+          to show what channels_last gives
+and, once per model, a setup cost:
+  P4      loader.channel_stats from exact 256-bin histograms counted in chunks, instead of float64 copies of
+          each channel (time and peak memory of make_loaders' normalization statistics)
 
     python bench/epoch_proposals.py --models mlp,rescnn --repeat 5
 """
@@ -29,18 +33,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from epoch_speed import (DEFAULT_DATA, SEED, BarePipeline, ReslabPipeline, benches, split_like_reslab,  # noqa: E402
-                         timed)
+from epoch_speed import (DEFAULT_DATA, SEED, BarePipeline, PeakMemory, ReslabPipeline, benches,  # noqa: E402
+                         split_like_reslab, timed)
 
 import reslab.train as train_module  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
-from reslab.loader import TensorLoader, random_crop_flip  # noqa: E402
+from reslab.loader import TensorLoader, channel_stats, random_crop_flip  # noqa: E402
 from reslab.train import NAN_CHECK_EVERY, _progress, autocast_for  # noqa: E402
 
 
@@ -68,8 +73,7 @@ class ProposedTensorLoader(TensorLoader):
             order = torch.randperm(n, generator=self.generator, device=self.device)
         else:
             order = torch.arange(n, device=self.device)
-        if self.world_size > 1:
-            order = order[: self._shard_size() * self.world_size][self.rank::self.world_size]
+        order = self._order(order)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = torch.index_select(self.images, 0, idx)
@@ -90,6 +94,7 @@ def train_epoch_slots(model: nn.Module, loader, optimizer, config, signals, grad
     corrects = torch.zeros(n_batches, device=device, dtype=torch.int64)
     grad_sums = torch.zeros(len(grad_params), device=device) if grad_params else None
     criterion = nn.CrossEntropyLoss()
+    stop_mid_epoch = distributed is None
     seen, last_size, done = 0, 0, 0
     for i, (x, y) in enumerate(_progress(loader, "train")):
         with autocast_for(device, config.amp):
@@ -104,13 +109,18 @@ def train_epoch_slots(model: nn.Module, loader, optimizer, config, signals, grad
         corrects[i] = (logits.argmax(1) == y).sum()
         seen += len(y)
         last_size, done = len(y), i + 1
-        if done % NAN_CHECK_EVERY == 0 and not bool(torch.isfinite(losses[done - NAN_CHECK_EVERY:done]).all()):
-            break                                                               # CPU-GPU sync point
-        if signals.requested:
-            return {"interrupted": True}
+        if stop_mid_epoch:
+            window = losses[done - NAN_CHECK_EVERY:done]
+            if done % NAN_CHECK_EVERY == 0 and not bool(torch.isfinite(window).all()):   # CPU-GPU sync point
+                break
+            if signals.requested:
+                return {"interrupted": True}
     bad = (~torch.isfinite(losses[:done])).nonzero()
-    if len(bad):
-        return {"nan_batch": int(bad[0]) + 1}
+    nan_batch = int(bad[0]) if len(bad) else -1
+    if distributed is not None and distributed.any(nan_batch >= 0):
+        nan_batch = max(nan_batch, 0)
+    if nan_batch >= 0:
+        return {"nan_batch": nan_batch + 1}
     sizes = torch.full((done,), float(loader.batch_size), device=device)
     sizes[-1] = float(last_size)
     totals = torch.stack([(losses[:done] * sizes).sum(), corrects[:done].sum().to(losses.dtype),
@@ -126,23 +136,23 @@ def train_epoch_slots(model: nn.Module, loader, optimizer, config, signals, grad
 
 
 class ProposedPipeline(ReslabPipeline):
-    """(a) with the proposals up to `level` swapped in."""
+    """(a) with the proposals up to `level` swapped in; level 0: no proposal, but an NCHW model and loaders."""
 
     def __init__(self, level: int, bench, data, config, split, device, tmp: Path):
         super().__init__(bench, data, config, split, device, tmp)
         self.level = level
-        self.key = f"a+P{level}"
-        self.name = {1: "a+P1 index_select/gather", 2: "a+P2 + slot bookkeeping",
-                     3: "a+P3 + channels_last (CPU)"}[level]
-        channels_last = self.loaders["train"].channels_last or (level >= 3 and bench.model.endswith("cnn"))
+        self.key = f"a+P{level}" if level else "a-nchw"
+        self.name = {0: "a, NCHW model + loaders", 1: "a+P1 index_select/gather", 2: "a+P2 + slot bookkeeping"}[level]
+        channels_last = self.loaders["train"].channels_last and level > 0
+        if not channels_last:
+            self.model = self.model.to(memory_format=torch.contiguous_format)
         common = dict(mean=split.mean, std=split.std, device=device, channels_last=channels_last)
-        self.loaders["train"] = ProposedTensorLoader(split.images[split.train_idx], split.labels[split.train_idx],
-                                                     config.batch_size, shuffle=True, augment=split.augment,
-                                                     seed=config.seed, **common)
-        self.loaders["val"] = ProposedTensorLoader(split.images[split.val_idx], split.labels[split.val_idx],
-                                                   config.eval_batch_size, **common)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        loader_class = TensorLoader if level == 0 else ProposedTensorLoader
+        self.loaders["train"] = loader_class(split.images[split.train_idx], split.labels[split.train_idx],
+                                             config.batch_size, shuffle=True, augment=split.augment,
+                                             seed=config.seed, **common)
+        self.loaders["val"] = loader_class(split.images[split.val_idx], split.labels[split.val_idx],
+                                           config.eval_batch_size, **common)
 
     def run(self, epochs: int) -> None:
         original = train_module._train_epoch
@@ -152,6 +162,35 @@ class ProposedPipeline(ReslabPipeline):
             super().run(epochs)
         finally:
             train_module._train_epoch = original
+
+
+def channel_stats_histogram(images, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """P4: per-channel mean and std (0..1 scale) of uint8 images from 256-bin histograms, a chunk at a time."""
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        counts = np.zeros(256, np.int64)
+        for start in range(0, len(images), chunk):
+            counts += np.bincount(images[start:start + chunk, c].reshape(-1), minlength=256)
+        m = float((counts * levels).sum() / counts.sum())
+        mean.append(m)
+        std.append(float(np.sqrt((counts * (levels - m) ** 2).sum() / counts.sum())))
+    return mean, std
+
+
+def compare_channel_stats(images) -> str:
+    """Seconds, peak memory and agreement of reslab's channel_stats and the histogram version."""
+    figures = []
+    for fn in (channel_stats, channel_stats_histogram):
+        with PeakMemory(torch.device("cpu")) as peak:
+            start = time.perf_counter()
+            result = fn(images)
+            seconds = time.perf_counter() - start
+        figures.append((seconds, peak.mib, result))
+    (t0, m0, r0), (t1, m1, r1) = figures
+    diff = max(abs(a - b) / abs(b) for a, b in zip(r1[0] + r1[1], r0[0] + r0[1]))
+    return (f"  P4 channel_stats: {t0:.2f} s, peak +{m0:.0f} MiB -> histogram: {t1:.2f} s, peak +{m1:.0f} MiB "
+            f"({peak.how}); largest relative difference of the statistics {diff:.1e}")
 
 
 def check_same_batches(split, config, device) -> None:
@@ -203,7 +242,7 @@ def main() -> int:
         split = split_like_reslab(data, config)
         check_same_batches(split, config, device)
         is_cnn = bench.model.endswith("cnn")
-        levels = [1, 2, 3] if is_cnn and device.type == "cpu" else [1, 2]
+        levels = [1, 2, 0] if is_cnn else [1, 2]
         with tempfile.TemporaryDirectory(prefix="reslab-proposals-") as tmp:
             folders = iter(Path(tmp) / str(i) for i in range(10))
 
@@ -221,6 +260,7 @@ def main() -> int:
                 for pl in pipelines[r % len(pipelines):] + pipelines[:r % len(pipelines)]:
                     seconds[pl.key].append(timed(pl, 1))
         print(f"\n{bench.title}: {len(split.train_idx)} train + {len(split.val_idx)} val")
+        print(compare_channel_stats(data.train_images[split.train_idx]))
         b = seconds["b"]
         for pl in pipelines:
             v = seconds[pl.key]

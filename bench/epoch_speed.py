@@ -12,25 +12,41 @@ One run times, on the same model, batch size, data and epochs:
             float tensors already on the device, no augmentation, no per-epoch reshuffle, no bookkeeping; then a
             bare validation pass (inference_mode, eval batch size) that sums loss and correct predictions on the
             device and reads them once. Validation is included because (a) validates every epoch.
-(c) loader  the usual hand-written pipeline: a map-style Dataset whose __getitem__ converts one uint8 image to
-            float, normalizes it (and, for CIFAR, pads 4 / random-crops / flips it) fed through
-            torch.utils.data.DataLoader (shuffle, num_workers as given, pin_memory on CUDA), the training loop
-            reading ``loss.item()`` and the correct count every batch, a DataLoader validation pass under no_grad.
+(c) loader  the usual hand-written pipeline: a map-style Dataset fed through torch.utils.data.DataLoader
+            (shuffle, num_workers as given, pin_memory on CUDA), the training loop reading ``loss.item()`` and the
+            correct count every batch, a DataLoader validation pass under no_grad. Two per-sample styles:
+            "tensor": __getitem__ converts one uint8 image to float and normalizes it with tensor ops (for CIFAR:
+            pad 4, random crop, random flip first), written by hand; "pil": what torchvision's MNIST/CIFAR10
+            datasets with RandomCrop/RandomHorizontalFlip/ToTensor/Normalize do (a PIL image per sample),
+            reimplemented because torchvision is not installed.
 
 On CUDA all three use bf16 autocast and, for the CNN, channels_last model and inputs, as train_model does, and
-cudnn.benchmark is on. One warm-up epoch per pipeline is not timed. Then each repeat times ``--epochs`` epochs of
-every pipeline, the pipelines taking turns (the order rotates every repeat) so that load from other processes
-falls on all of them alike. Seconds per epoch are the MEDIAN over repeats, with the min and max shown; ratios are
-medians over repeats of the per-repeat ratio (neighbouring measurements), with their min..max.
+cudnn.benchmark is on. On the CPU, (a) and (b) use channels_last for the CNN too, as reslab.run.run_training
+decides (any Conv2d: channels_last model and loaders, on every device); (c) stays NCHW there, as usual code does.
+
+One warm-up epoch per pipeline is not timed. Then each repeat times ``--epochs`` epochs of every pipeline, the
+pipelines taking turns (the order rotates every repeat) so that load from other processes falls on all of them
+alike. Seconds per epoch are the MEDIAN over repeats, with the min and max shown; ratios are the median of the
+per-repeat ratios (neighbouring measurements) with their min..max, and the ratio of the min times (the least
+disturbed repeats). On the CPU the CIFAR model is sized to finish: 5000 training images (--train-subset) and
+width 16 (--cnn-width); validation keeps reslab's 10% of the training set (5000 images).
 
 Images/s counts training images per second of a whole epoch (train + validation). Peak memory is what the
 pipeline adds while it is built and runs its warm-up epoch: on the CPU the process's peak resident memory
 (Linux VmHWM, reset before each pipeline through /proc/self/clear_refs; elsewhere ru_maxrss, which only shows
 growth past the earlier peak) above the resident memory before it; on CUDA torch.cuda.max_memory_allocated above
 the allocated memory before it. DataLoader workers are separate processes; their memory is not included.
+Every pipeline is first run once on 640 images so that one-time costs (lazy imports, thread pools) fall on none.
+(a)'s figure includes make_loaders' normalization statistics (float64 copies of the training images).
 
 Targets (issue 8, 2 CPU cores): MNIST MLP a/b <= 1.15 and c/a >= 8 (num_workers=0); CIFAR-10 residual CNN
 a/b <= 1.05.
+
+On a machine shared with other busy processes, compare with --threads 1: with OpenMP's default active waiting,
+2 torch threads on 2 cores ran up to ~75x slower whenever one other busy process competed for the cores (MNIST MLP
+step: 0.7 ms at 2 threads on a quiet machine, 1.0 ms at 1 thread, 5-75 ms at 2 threads beside a busy process).
+OMP_WAIT_POLICY=PASSIVE keeps 2 threads stable there (1.3 ms) but costs on a quiet machine (1.25-2.0 ms instead
+of 0.7), so its figures are not the default ones; the header line says which policy was in effect.
 
 Run from the repository root:
     python bench/epoch_speed.py                      # CPU: all three models, about 3 minutes on 2 cores
@@ -221,11 +237,15 @@ class ReslabPipeline:
 
     def __init__(self, bench: Bench, data, config: TrainConfig, split: Split, device: torch.device, tmp: Path):
         self.config, self.device = config, device
-        self.loaders = make_loaders(data, config, device)
-        if self.loaders["train"].num_samples != len(split.train_idx) or len(self.loaders["val"].labels) != len(split.val_idx):
+        self.model = _new_model(bench, split, device, channels_last=False)
+        # As reslab.run.run_training: channels_last model and loaders for any model with a Conv2d, on every device.
+        channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loaders = make_loaders(data, config, device, channels_last=channels_last)
+        sizes = (self.loaders["train"].num_samples, len(self.loaders["val"].labels))
+        if sizes != (len(split.train_idx), len(split.val_idx)):
             raise RuntimeError("the bench's split differs from reslab.run.make_loaders; update split_like_reslab")
-        channels_last = self.loaders["train"].channels_last
-        self.model = _new_model(bench, split, device, channels_last)
         self.run_dir = tmp
         self.console = io.StringIO()
         with contextlib.redirect_stdout(self.console):
@@ -461,9 +481,9 @@ def run_bench(bench: Bench, args: argparse.Namespace, device: torch.device, data
                          val_fraction=args.val_fraction, seed=SEED, device=str(device), wandb="disabled",
                          data_dir=str(args.data_dir))
     split = split_like_reslab(data, config)
-    channels_last = device.type == "cuda" and bench.model.endswith("cnn")      # what make_loaders does
-    # (b) is the limit: channels_last model and inputs for the CNN on every device (on the CPU too, where it is
-    # faster; reslab's (a) feeds its CPU training batches channels_last as a side effect of the crop gather).
+    # channels_last for the CNN: (a) and (b) on every device, as run_training decides; (c) on CUDA only (the usual
+    # GPU habit), NCHW on the CPU as the usual code runs.
+    loader_channels_last = device.type == "cuda" and bench.model.endswith("cnn")
     bare_channels_last = bench.model.endswith("cnn")
 
     pipelines, memory, warmup = [], {}, {}
@@ -474,8 +494,8 @@ def run_bench(bench: Bench, args: argparse.Namespace, device: torch.device, data
             yield lambda: BarePipeline(bench, split, config, device, bare_channels_last)
             for style in args.c_style:
                 for w in args.num_workers:
-                    yield lambda w=w, style=style: DataLoaderPipeline(bench, split, config, device, channels_last,
-                                                                      w, style)
+                    yield lambda w=w, style=style: DataLoaderPipeline(bench, split, config, device,
+                                                                      loader_channels_last, w, style)
 
         # Prime: every pipeline once on a few hundred images, so one-time costs (lazy imports, thread pools,
         # kernel caches) fall on none of the measured builds.
@@ -507,7 +527,8 @@ def run_bench(bench: Bench, args: argparse.Namespace, device: torch.device, data
     n_train, n_val = len(split.train_idx), len(split.val_idx)
     print(f"\n{bench.title}: {n_train} train + {n_val} val images, batch {args.batch_size}, eval batch "
           f"{args.eval_batch_size}, augment {'on' if split.augment else 'off'} in (a) and (c); "
-          f"{args.epochs} timed epoch(s) x {repeats} repeat(s) after 1 warm-up epoch")
+          f"{args.epochs} timed epoch(s) x {repeats} repeat(s){' (cut by --budget)' if repeats < args.repeat else ''}"
+          " after 1 warm-up epoch")
     print(f"  {'pipeline':<30} {'s/epoch median [min-max]':>26} {'train img/s':>12} {'peak MiB':>9}")
     for p in pipelines:
         med = statistics.median(seconds[p.key])
@@ -593,19 +614,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"rescnn width (default {CPU_CNN_WIDTH} on the CPU, 64 on CUDA)")
     p.add_argument("--num-workers", default="0",
                    help="DataLoader num_workers for (c); a comma list times each (default 0)")
-    p.add_argument("--c-style", default="tensor,pil",
+    p.add_argument("--c-style", default=None,
                    help="(c) per-sample transforms: tensor (hand-written tensor ops), pil (torchvision's PIL path, "
-                        "reimplemented); a comma list times each (default tensor,pil)")
+                        "reimplemented); a comma list times each (default tensor,pil on the CPU, tensor on CUDA)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for all pipelines (default: the CPU cores this process may use)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds; fewer repeats where the warm-up says the run would overrun (default: 50 on "
+                   help="seconds; fewer repeats where the warm-ups say the run would overrun (default: 40 on "
                         "CUDA, none on the CPU)")
     p.add_argument("--smoke", action="store_true", help="tiny generated data and models: a check that runs in seconds")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.num_workers = [int(w) for w in str(args.num_workers).split(",")]
+    if args.c_style is None:
+        args.c_style = "tensor" if args.device.startswith("cuda") else "tensor,pil"
     args.c_style = [c.strip() for c in args.c_style.split(",") if c.strip()]
     if not args.c_style or any(c not in ("tensor", "pil") for c in args.c_style):
         p.error("--c-style takes tensor, pil or both")
@@ -625,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True            # as reslab's seed_everything does
     if args.budget is None and device.type == "cuda":
-        args.budget = 50.0
+        args.budget = 40.0
     started = time.perf_counter()
     deadline = started + args.budget if args.budget else None
 
@@ -641,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or cores
     torch.set_num_threads(threads)                        # the same for (a), (b) and (c)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cores} CPU cores"
-    print(f"reslab epoch speed: device {device} ({hardware}), torch {torch.__version__}, {threads} torch threads, "
+    print(f"reslab epoch speed: device {device} ({hardware}), torch {torch.__version__}, {threads} torch threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
           f"data {args.data_dir}{' (generated, --smoke)' if args.smoke else ''}")
     print("(a) reslab train_model + trackers + checkpoints; (b) bare step loop over pre-made tensors + bare "
           "validation; (c) Dataset + DataLoader per-sample pipeline + validation. Every epoch includes validation.")

@@ -33,10 +33,8 @@ def init_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: in
 
 
 def gradient_flow_at_init(configs: dict[str, TrainConfig]) -> dict:
-    """Per-layer gradient norms of each config's freshly built model on one fixed batch of its training split.
-
-    Every config must share dataset and seed: all models see the same batch, each initialized from that seed.
-    """
+    """Per-layer gradient norms of each config's freshly built model on one fixed batch of its training split."""
+    # The configs share dataset and seed: every model sees the batch of the first, initialized from that seed.
     first = next(iter(configs.values()))
     data = load_dataset(first.dataset, first.data_dir)
     loader = make_loaders(data, first, torch.device("cpu"))["train"]
@@ -53,4 +51,5 @@ def gradient_flow_at_init(configs: dict[str, TrainConfig]) -> dict:
 def epoch_grad_norms(run_dir: Path, layers: dict[str, str]) -> dict[str, list[float]]:
     """Per-epoch mean gradient norm of each layer (label -> weight name) from a run's metrics.jsonl."""
     records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
-    return {label: [r[GRAD_PREFIX + name] for r in records if GRAD_PREFIX + name in r] for label, name in layers.items()}
+    return {label: [r[GRAD_PREFIX + name] for r in records if GRAD_PREFIX + name in r]
+            for label, name in layers.items()}

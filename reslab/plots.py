@@ -19,6 +19,11 @@ def model_colors(labels: list[str]) -> dict[str, tuple]:
     return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
 
 
+def _spread(values: list[float]) -> float:
+    """Sample std over seeds (as the report's tables), 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _save(fig, path: Path) -> Path:
     for ax in fig.axes:
         if ax.get_xlabel() == "epoch":
@@ -68,7 +73,7 @@ def learning_curves(histories: Histories, title: str, path: Path) -> Path:
 
 
 def grad_norm_bars(norms: dict[str, dict[str, list[float]]], title: str, path: Path) -> Path:
-    """Grouped bars: layer on the x axis, one bar per model (mean over seeds, error bar = std)."""
+    """Grouped bars: layer on the x axis, one bar per model (mean over seeds, error bar = sample std)."""
     colors = model_colors(list(norms))
     layers = sorted({layer for per_layer in norms.values() for layer in per_layer}, key=lambda s: int(s[2:]))
     width = 0.8 / len(norms)
@@ -76,7 +81,7 @@ def grad_norm_bars(norms: dict[str, dict[str, list[float]]], title: str, path: P
     x = np.arange(len(layers))
     for i, (label, per_layer) in enumerate(norms.items()):
         means = [np.mean(per_layer[layer]) if layer in per_layer else np.nan for layer in layers]
-        stds = [np.std(per_layer[layer]) if layer in per_layer else 0.0 for layer in layers]
+        stds = [_spread(per_layer[layer]) if layer in per_layer else 0.0 for layer in layers]
         ax.bar(x + (i - (len(norms) - 1) / 2) * width, means, width, yerr=stds, capsize=3, color=colors[label],
                label=label)
     ax.set_xticks(x, layers)
@@ -113,8 +118,9 @@ def transfer_bars(accuracies: dict[str, list[float]], reference: dict[str, float
     methods = list(accuracies)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = np.arange(len(methods))
-    ax.bar(x, [np.mean(accuracies[m]) for m in methods], yerr=[np.std(accuracies[m]) for m in methods], capsize=4,
-           color=[colors[m] for m in methods])
+    bars = ax.bar(x, [np.mean(accuracies[m]) for m in methods], yerr=[_spread(accuracies[m]) for m in methods],
+                  capsize=4, color=[colors[m] for m in methods])
+    ax.bar_label(bars, fmt="%.1f", label_type="center", color="white")
     ref = [(i, reference[m]) for i, m in enumerate(methods) if m in reference]
     if ref:
         ax.scatter([i for i, _ in ref], [v for _, v in ref], marker="_", s=900, color="black", zorder=3,
@@ -133,7 +139,7 @@ def accuracy_vs_depth(accuracies: dict[str, dict[int, list[float]]], reference: 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for model, by_depth in accuracies.items():
         depths = sorted(by_depth)
-        ax.errorbar(depths, [np.mean(by_depth[d]) for d in depths], yerr=[np.std(by_depth[d]) for d in depths],
+        ax.errorbar(depths, [np.mean(by_depth[d]) for d in depths], yerr=[_spread(by_depth[d]) for d in depths],
                     fmt="-o", capsize=3, color=colors[model], label=model)
         ref = reference.get(model, {})
         if ref:

@@ -1,6 +1,7 @@
 """report.md for an experiment's or the lab's folder, generated only from the run folders inside it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ import yaml
 
 from . import plots
 from .analysis import epoch_grad_norms
+from .config import TrainConfig
 from .errors import ReslabError
 from .study import apply_profile
+from .transfer import TransferSettings
 
 REFERENCE_NOTE = "Reference: the reference lab's figure; Target: what this study sets out to reach (— = none given)."
 
@@ -40,6 +43,16 @@ def lab_report(folder: Path) -> list[str]:
     if lab["profile"] == "quick":
         lines += ["> **Quick run.** Every exercise was shrunk to fit a short CPU budget (each section says how); "
                   "its figures show the study's shape, not the full protocol's accuracies.", ""]
+    lines += ["| Exercise | Status | Runs | Wall time |", "|---|---|---|---|"]
+    for name in lab["exercises"]:
+        if (folder / name / "study.json").is_file():
+            status = _read_json(folder / name / "study.json")
+            state = status["status"] + (" (the reason is in its section)" if status["reason"] else "")
+            lines.append(f"| [{name}](#{_anchor(status)}) | {state} | {len(status['runs'])} | "
+                         f"{_duration(status['wall_seconds'])} |")
+        else:
+            lines.append(f"| {name} | no results | 0 | — |")
+    lines.append("")
     for name in lab["exercises"]:
         sub = folder / name
         if (sub / "study.json").is_file():
@@ -47,6 +60,12 @@ def lab_report(folder: Path) -> list[str]:
         else:
             lines += [f"## {name}", "", "No results: this exercise has not run in this folder.", ""]
     return lines
+
+
+def _anchor(status: dict[str, Any]) -> str:
+    """The Markdown heading anchor of an experiment's section (GitHub's rule: lower case, punctuation dropped)."""
+    heading = f"{status['experiment']}: {status['description']}".lower()
+    return "".join(c for c in heading if c.isalnum() or c in " -_").replace(" ", "-")
 
 
 def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
@@ -112,7 +131,7 @@ def _stopped(runs: list[dict[str, Any]]) -> str:
 
 
 def _training_table(runs: list[dict[str, Any]], reference: dict, targets: dict) -> list[str]:
-    """The reference lab's layout (Model | Depth | Epochs | Test Loss | Test Accuracy | Test Precision), ours as mean ± std."""
+    """The reference lab's table (Model | Depth | Epochs | Test Loss | Test Accuracy | Test Precision), mean ± std."""
     lines = ["| Model | Depth | Epochs | Test Loss | Test Accuracy (%) | Test Precision (%) | Reference (%) | "
              "Target (%) | Stopped by | Train time (s) |", "|" + "---|" * 10]
     for label, group in _by_label(runs).items():
@@ -121,7 +140,8 @@ def _training_table(runs: list[dict[str, Any]], reference: dict, targets: dict) 
         lines.append(f"| {label} | {depth} | {_mean_std([x['epochs_run'] for x in s], 1)} | "
                      f"{_mean_std([x['test_loss'] for x in s], 4)} | "
                      f"{_mean_std([100 * x['test_accuracy'] for x in s], 2)} | "
-                     f"{_mean_std([100 * x['test_precision'] for x in s], 2)} | {_ref(reference, label, 'test_accuracy')} | "
+                     f"{_mean_std([100 * x['test_precision'] for x in s], 2)} | "
+                     f"{_ref(reference, label, 'test_accuracy')} | "
                      f"{_ref(targets, label, 'test_accuracy')} | {_stopped(group)} | "
                      f"{_mean_std([x['train_seconds'] for x in s], 1)} |")
     n = len(next(iter(_by_label(runs).values())))
@@ -135,12 +155,13 @@ def _transfer_table(runs: list[dict[str, Any]], reference: dict, targets: dict) 
         s = [r["summary"] for r in group]
         epochs = _mean_std([x["epochs_run"] for x in s], 1) if "epochs_run" in s[0] else "—"
         lines.append(f"| {METHOD_NAMES.get(label, label)} | {_mean_std([100 * x['test_accuracy'] for x in s], 2)} | "
-                     f"{_ref(reference, label, 'test_accuracy')} | {_ref(targets, label, 'test_accuracy')} | {epochs} | "
+                     f"{_ref(reference, label, 'test_accuracy')} | {_ref(targets, label, 'test_accuracy')} | "
+                     f"{epochs} | "
                      f"{_mean_std([x['train_seconds'] for x in s], 1)} |")
     first = runs[0]["summary"]
     n = len(next(iter(_by_label(runs).values())))
     source_accuracy = [100 * r["summary"]["source_test_accuracy"] for r in runs if r["label"] == runs[0]["label"]
-                       and "source_test_accuracy" in r["summary"]]
+                       and r["summary"].get("source_test_accuracy") is not None]
     on_source = f" (test accuracy there {_mean_std(source_accuracy, 2)}%)" if source_accuracy else ""
     return lines + ["", f"Mean ± sample std over {n} seed(s). Source network: {first['model']} "
                     f"{_args(first['model_args'])} trained on {first['source_dataset']}{on_source}; target: "
@@ -181,7 +202,8 @@ def _training_figures(folder: Path, name: str, runs: list[dict[str, Any]], refer
     if any(len(d) > 1 for d in by_model.values()):
         ref = {m: {d: reference[f"{m}{d}"]["test_accuracy"] for d in by_model[m] if "test_accuracy" in
                    reference.get(f"{m}{d}", {})} for m in by_model}
-        path = plots.accuracy_vs_depth(by_model, ref, f"{name}: test accuracy vs depth", figures / "accuracy_vs_depth.png")
+        path = plots.accuracy_vs_depth(by_model, ref, f"{name}: test accuracy vs depth",
+                                       figures / "accuracy_vs_depth.png")
         _figure(lines, "accuracy vs depth", path, prefix)
     return lines
 
@@ -217,7 +239,8 @@ def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, pr
     per_epoch = {label: epoch_grad_norms(seed0[label]["dir"], flows[0]["models"][label]["layers"])
                  for label in labels if label in seed0}
     if any(values for per in per_epoch.values() for values in per.values()):
-        lines += ["Per-epoch mean gradient norm during training (seed 0, `grad_2.0_norm/<param>` in metrics.jsonl):", ""]
+        lines += ["Per-epoch mean gradient norm during training (seed 0, `grad_2.0_norm/<param>` in "
+                  "metrics.jsonl):", ""]
         path = plots.grad_norm_epochs(per_epoch, "gradient L2 norm per epoch (mean over batches)",
                                       figures / "grad_norms_epochs.png")
         _figure(lines, "gradient norms per epoch", path, prefix)
@@ -227,7 +250,8 @@ def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, pr
 def _transfer_figures(folder: Path, name: str, runs: list[dict[str, Any]], reference: dict, prefix: str) -> list[str]:
     """The transfer bar chart, and loss and learning curves of the fine-tuning runs."""
     figures = folder / "figures"
-    accuracies = {label: [100 * r["summary"]["test_accuracy"] for r in group] for label, group in _by_label(runs).items()}
+    accuracies = {label: [100 * r["summary"]["test_accuracy"] for r in group]
+                  for label, group in _by_label(runs).items()}
     ref = {m: v["test_accuracy"] for m, v in reference.items() if "test_accuracy" in v}
     lines = ["Figures:", ""]
     path = plots.transfer_bars(accuracies, ref, f"{name}: test accuracy by transfer method", figures / "transfer.png")
@@ -259,10 +283,11 @@ def _notes(definition: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
 
 def _profile_changes(definition: dict[str, Any]) -> str:
     """'train.epochs 30 → 2, ...' for the settings the profile changed."""
+    defaults = {"train": TrainConfig().to_dict(), "transfer": dataclasses.asdict(TransferSettings())}
     changes = []
     for section, values in definition.get("profiles", {}).get(definition["profile"], {}).items():
         for key, value in values.items():
-            before = definition.get(section, {}).get(key, "default")
+            before = definition.get(section, {}).get(key, defaults.get(section, {}).get(key))
             changes.append(f"{section}.{key} {_plain(before)} → {_plain(value)}")
     return "; ".join(changes) or "nothing"
 
@@ -274,7 +299,8 @@ def _plain(value: Any) -> str:
 def _protocol(definition: dict[str, Any], effective: dict[str, Any], status: dict[str, Any],
               runs: list[dict[str, Any]], level: str) -> list[str]:
     """Settings, seeds, profile, command-line overrides, hardware and wall time."""
-    train = {**effective.get("train", {}), **{k: v for k, v in definition.get("overrides", {}).items() if k != "model_args"}}
+    overrides = {k: v for k, v in definition.get("overrides", {}).items() if k != "model_args"}
+    train = {**effective.get("train", {}), **overrides}
     settings = ", ".join(f"{k}={_plain(v)}" for k, v in train.items())
     lines = [f"{level}# Protocol", "", f"- Settings of every run: {settings}"]
     if effective.get("kind", "train") == "train":

@@ -88,7 +88,8 @@ def validate(definition: dict[str, Any], source: str) -> None:
     for name, profile in _check_mapping(definition.get("profiles", {}), f"{source}: profiles").items():
         if name not in PROFILES:
             raise ConfigError(f"{source}: unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
-        check_keys(_check_mapping(profile, f"{source}: profiles.{name}"), list(PROFILE_KEYS), f"{source}: profiles.{name}")
+        where = f"{source}: profiles.{name}"
+        check_keys(_check_mapping(profile, where), list(PROFILE_KEYS), where)
         for section, changes in profile.items():
             _check_mapping(changes, f"{source}: profiles.{name}.{section}")
     for section in ("reference", "targets"):
@@ -251,7 +252,8 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
     run_dir = config.run_dir
     summary_path = run_dir / "summary.json"
     wanted = {k: v for k, v in config.to_dict().items() if k in RESULT_KEYS}
-    if not overwrite and (run_dir / "config.yaml").is_file() and (summary_path.is_file() or (run_dir / "last.pth").is_file()):
+    started = summary_path.is_file() or (run_dir / "last.pth").is_file()
+    if not overwrite and (run_dir / "config.yaml").is_file() and started:
         check_same_settings(run_dir, wanted)
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())
@@ -315,7 +317,8 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
                              overwrite: bool) -> list[str]:
     """Every model x seed through run_training, then the experiment's analyses; return the run folder names."""
     runs, flows = [], []
-    unused = set(overrides.get("model_args", {})) - {k for e in experiment["models"] for k in model_arguments(e["model"])}
+    taken = {k for entry in experiment["models"] for k in model_arguments(entry["model"])}
+    unused = set(overrides.get("model_args", {})) - taken
     if unused:
         print(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there", flush=True)
     for seed in range(seeds):

@@ -59,7 +59,8 @@ class TransferSettings:
                 raise ConfigError(f"{source}: {name} must be an integer >= {minimum}, got {value!r}")
         unknown = [m for m in settings.methods if m not in METHODS]
         if unknown or not settings.methods:
-            raise ConfigError(f"{source}: methods must be a non-empty list of {', '.join(METHODS)}, got {settings.methods!r}")
+            raise ConfigError(f"{source}: methods must be a non-empty list of {', '.join(METHODS)}, "
+                              f"got {settings.methods!r}")
         return settings
 
 
@@ -146,29 +147,25 @@ def run_settings(method: str, config: TrainConfig, settings: TransferSettings, c
 def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, settings: TransferSettings,
                  folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
     """Transfer one source checkpoint to `data` by each method; write <folder>/<method>-seed<k>/; return summaries."""
-    source, ckpt = load_checkpoint(checkpoint_path)
+    network, ckpt = load_checkpoint(checkpoint_path)
     check_input_shape(ckpt, Path(checkpoint_path), data)
     config = config.replace(model=ckpt["model"], model_args=dict(ckpt["model_args"]))
     source_summary = Path(checkpoint_path).parent / "summary.json"
     # Kept with every result, so a report needs no file outside the transfer's own run folders.
-    facts = {"source_test_accuracy": json.loads(source_summary.read_text())["test_accuracy"]} \
-        if source_summary.is_file() else {}
+    source = {"source_dataset": ckpt["dataset"], "source_checkpoint": str(checkpoint_path),
+              "source_test_accuracy": json.loads(source_summary.read_text())["test_accuracy"]
+              if source_summary.is_file() else None}
     summaries = {}
     probes = [m for m in methods if m in PROBES]
     if probes:
-        summaries.update(probe_runs(freeze(source), ckpt, checkpoint_path, data, config, settings, folder, probes))
+        summaries.update(probe_runs(freeze(network), ckpt, source, data, config, settings, folder, probes))
     for method in ("finetune", "staged"):
         if method in methods:
-            head_epochs = settings.head_epochs if method == "staged" else 0
-            summaries[method] = finetune(source, ckpt, checkpoint_path, data, config, settings, folder, method,
-                                         head_epochs)
-    for method, summary in summaries.items():
-        summary.update(facts)
-        (folder / f"{method}-seed{config.seed}" / "summary.json").write_text(json.dumps(summary, indent=2))
+            summaries[method] = finetune(network, ckpt, source, data, config, settings, folder, method)
     return summaries
 
 
-def probe_runs(model: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, data: Dataset, config: TrainConfig,
+def probe_runs(model: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], data: Dataset, config: TrainConfig,
                settings: TransferSettings, folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
     """Fit each probe on frozen features of the training split and test it; one summary.json per probe."""
     device = resolve_device(config.device)
@@ -193,18 +190,23 @@ def probe_runs(model: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, da
         seconds = time.perf_counter() - start
         metrics = classification_metrics(test_y, predictions, data.num_classes)
         summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"],
-                   "dataset": data.name, "source_dataset": ckpt["dataset"], "source_checkpoint": str(checkpoint_path),
-                   "seed": config.seed, "test_accuracy": metrics["accuracy"], "test_precision": metrics["precision"],
-                   "test_recall": metrics["recall"], "test_f1": metrics["f1"], "num_features": int(train_x.shape[1]),
+                   "dataset": data.name, **source, "seed": config.seed, "test_accuracy": metrics["accuracy"],
+                   "test_precision": metrics["precision"], "test_recall": metrics["recall"],
+                   "test_f1": metrics["f1"], "num_features": int(train_x.shape[1]),
                    "num_train": len(train_y), "num_test": len(test_y), "train_seconds": round(seconds, 3),
                    "extract_seconds": round(extract_seconds, 3), "data_official": data.official,
                    "device": str(device), "hardware": hardware_name(device),
                    "test_confusion_matrix": metrics["confusion_matrix"]}
         run_dir = folder / f"{method}-seed{config.seed}"
         prepare_run_dir(run_dir, resume=False, overwrite=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(run_settings(method, config, settings, checkpoint_path),
-                                                            sort_keys=False))
+        settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(settings_used, sort_keys=False))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if config.wandb != "disabled":   # a one-point W&B run, so the group's charts show the probes too
+            wandb = WandbTracker(config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
+            wandb.start(settings_used)
+            wandb.log_summary(summary)
+            wandb.finish()
         print(f"{method}: test accuracy {100 * metrics['accuracy']:.2f}%  ({seconds:.1f}s)", flush=True)
         summaries[method] = summary
     return summaries
@@ -230,24 +232,27 @@ class _PhaseTracker(Tracker):
         self.tracker.log_epoch({**record, "epoch": record["epoch"] + self.offset, "phase": self.phase})
 
 
-def finetune(source: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, data: Dataset, config: TrainConfig,
-             settings: TransferSettings, folder: Path, method: str = "finetune", head_epochs: int = 0) -> dict[str, Any]:
-    """Train the source network with a fresh head on the target (head alone first for `head_epochs` epochs)."""
+def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], data: Dataset, config: TrainConfig,
+             settings: TransferSettings, folder: Path, method: str = "finetune") -> dict[str, Any]:
+    """Train the source network with a fresh head on the target; `staged` trains the head alone first."""
     run_dir = folder / f"{method}-seed{config.seed}"
     config = config.replace(name=run_dir.name, out=str(folder), wandb_job_type=method)
     prepare_run_dir(run_dir, resume=False, overwrite=True)
     seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
-    loaders = make_loaders(data, config, device)
-    model = with_new_head(source, data.num_classes)
-    if loaders["train"].channels_last:
+    model = with_new_head(network, data.num_classes)
+    # As run_training does: conv nets train in channels_last, on CUDA and on the CPU.
+    channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    loaders = make_loaders(data, config, device, channels_last=channels_last)
     facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
              "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
              "num_train": loaders["train"].num_samples, "num_val": len(loaders["val"].labels),
              "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
-             "source_dataset": ckpt["dataset"], "torch_version": str(torch.__version__)}
-    full_config = {**config.to_dict(), **facts, **run_settings(method, config, settings, checkpoint_path)}
+             "torch_version": str(torch.__version__)}
+    settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
+    full_config = {**config.to_dict(), **facts, **settings_used}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
     meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "classes": data.classes, "normalization": full_config["normalization"]}
@@ -256,7 +261,7 @@ def finetune(source: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, dat
     trackers = Trackers(ConsoleTracker(config.epochs), JsonlTracker(run_dir / "metrics.jsonl"), wandb)
     trackers.start(full_config)
     # Staged and full fine-tuning get the same epoch budget; the last epoch at least trains everything.
-    head_epochs = min(head_epochs, config.epochs - 1)
+    head_epochs = min(settings.head_epochs, config.epochs - 1) if method == "staged" else 0
     phases = ([("head", head_epochs)] if head_epochs else []) + [("all", config.epochs - head_epochs)]
     histories = []
     exit_code = 1
@@ -275,7 +280,7 @@ def finetune(source: nn.Module, ckpt: dict[str, Any], checkpoint_path: Path, dat
         test = evaluate(model, loaders["test"], data.num_classes, config.amp)
         last = histories[-1]
         summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"], "dataset": data.name,
-                   "source_dataset": ckpt["dataset"], "source_checkpoint": str(checkpoint_path), "seed": config.seed,
+                   **source, "seed": config.seed,
                    "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_precision": test["precision"],
                    "test_recall": test["recall"], "test_f1": test["f1"],
                    "epochs_run": sum(len(h.epochs) for h in histories),

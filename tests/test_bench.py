@@ -47,7 +47,8 @@ def test_smoke_prints_seconds_images_memory_and_ratios_for_every_model(smoke):
 def test_smoke_figures_are_consistent(smoke):
     _, figures = smoke
     mlp, cnn = figures["models"]["mlp"], figures["models"]["rescnn"]
-    # fakedata: 200 MNIST and 150 CIFAR-10 training images, 10% per class held out, rounded as reslab rounds it (1.5 -> 2)
+    # fakedata: 200 MNIST and 150 CIFAR-10 training images; 10% of each class held out, rounded as reslab
+    # rounds it (1.5 -> 2)
     assert (mlp["train_images"], mlp["val_images"]) == (180, 20)
     assert (cnn["train_images"], cnn["val_images"]) == (130, 20)
     for result in (mlp, cnn):

@@ -78,7 +78,7 @@ def test_report_of_a_folder_without_results_is_an_error(tmp_path):
 
 def test_not_run_exercise_is_reported_with_its_reason(tmp_path):
     (tmp_path / "experiment.yaml").write_text("name: ex2.1\nprofile: full\nseeds: 1\noverrides: {}\n")
-    (tmp_path / "study.json").write_text(json.dumps({"experiment": "ex2.1", "description": "transfer", "profile": "full",
-                                                     "seeds": 1, "status": "not run", "reason": "cifar100: missing",
-                                                     "runs": [], "wall_seconds": 0.1}))
+    status = {"experiment": "ex2.1", "description": "transfer", "profile": "full", "seeds": 1, "status": "not run",
+              "reason": "cifar100: missing", "runs": [], "wall_seconds": 0.1}
+    (tmp_path / "study.json").write_text(json.dumps(status))
     assert "**Not run**: cifar100: missing" in write_report(tmp_path).read_text()

@@ -48,7 +48,7 @@ def test_quick_profile_shrinks_what_the_file_says():
     full = dict(study.train_configs(study.load_experiment("ex1.3", "full"), 0, {}, Path("o")))["rescnn6"]
     quick = dict(study.train_configs(study.load_experiment("ex1.3", "quick"), 0, {}, Path("o")))["rescnn6"]
     assert (full.epochs, full.train_subset) == (30, None)
-    assert (quick.epochs, quick.train_subset, quick.val_fraction) == (2, 2000, 0.02)
+    assert (quick.epochs, quick.train_subset, quick.val_fraction) == (3, 3000, 0.02)
     assert quick.model_args == {"dropout": 0.2, "depth": 6}
 
 

@@ -24,7 +24,8 @@ def loader_of(n: int, shape: tuple[int, ...]) -> TensorLoader:
     return TensorLoader(images, labels, 16, mean=[0.5] * shape[0], std=[0.25] * shape[0])
 
 
-@pytest.mark.parametrize("name, args, width", [("rescnn", {"depth": 2, "width": 8}, 16), ("cnn", {"depth": 2, "width": 4}, 128),
+@pytest.mark.parametrize("name, args, width", [("rescnn", {"depth": 2, "width": 8}, 16),
+                                                ("cnn", {"depth": 2, "width": 4}, 128),
                                                 ("mlp", {}, 64), ("resmlp", {"width": 20}, 20)])
 def test_hook_extracts_classifier_inputs_without_touching_the_weights(name, args, width):
     torch.manual_seed(0)
@@ -135,7 +136,8 @@ def test_a_user_transfer_file_can_name_any_checkpoint(fashion, tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(f"kind: transfer\nsource: {{checkpoint: {checkpoint}}}\ntrain: {{dataset: fashionmnist}}\n"
                     "transfer: {methods: [knn, finetune], knn_k: 3}\n")
-    result = study.run_experiment(str(path), overrides={**TINY, "epochs": 1, "data_dir": str(data), "out": str(tmp_path)})
+    result = study.run_experiment(str(path), overrides={**TINY, "epochs": 1, "data_dir": str(data),
+                                                        "out": str(tmp_path)})
     assert result["runs"] == ["knn-seed0", "finetune-seed0"]
     assert "| knn (k nearest neighbours" in Path(result["report"]).read_text()
 
