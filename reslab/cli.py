@@ -67,6 +67,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="switch the overfitting rule off")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default=S, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    g.add_argument("--threads", type=int, default=S,
+                   help="CPU threads (default: one per core; 1 is faster when other jobs share the cores)")
     g.add_argument("--no-amp", dest="amp", action="store_false", default=S, help="no bf16 autocast on CUDA")
     g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     g.add_argument("--deterministic", action="store_true", default=S, help="deterministic GPU kernels (slower)")

@@ -44,6 +44,7 @@ class TrainConfig:
     augment: bool | None = None      # random crop + flip; None = on for 32x32 colour datasets
     seed: int = 0
     device: str = "auto"             # auto = cuda, then mps, then cpu
+    threads: int | None = None       # CPU threads for torch; None = torch's default (the physical cores)
     amp: bool = True                 # bf16 autocast on CUDA
     compile: bool = False            # torch.compile the model
     deterministic: bool = False      # deterministic GPU kernels (slower)
@@ -69,8 +70,9 @@ class TrainConfig:
         _check_int(self, "patience", 0)
         _check_int(self, "overfit_patience", 1)
         _check_int(self, "seed", 0)
-        if self.train_subset is not None:
-            _check_int(self, "train_subset", 1)
+        for name in ("train_subset", "threads"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, 1)
         for name in ("lr", "weight_decay", "min_delta", "overfit_delta", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -68,13 +68,19 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         prepare_run_dir(run_dir, resume, overwrite)   # raises the "already exists" error
 
 
-def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_ctx: Context | None = None,
-                 channels_last: bool = False) -> dict[str, Any]:
-    """Stratified split, normalization statistics of the train part, and the three loaders."""
+def split_indices(data: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The run's stratified train/val split; with train_subset, a stratified subset of the train part."""
     train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
     if config.train_subset is not None and config.train_subset < len(train_idx):
         keep, _ = stratified_split(data.train_labels[train_idx], 1 - config.train_subset / len(train_idx), config.seed)
         train_idx = train_idx[keep]
+    return train_idx, val_idx
+
+
+def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_ctx: Context | None = None,
+                 channels_last: bool = False) -> dict[str, Any]:
+    """Stratified split, normalization statistics of the train part, and the three loaders."""
+    train_idx, val_idx = split_indices(data, config)
     mean, std = channel_stats(data.train_images[train_idx])
     augment = config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
@@ -91,11 +97,38 @@ def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_
     }
 
 
+def run_facts(data: Dataset, loaders: dict[str, Any], model: torch.nn.Module, device: torch.device,
+              world_size: int = 1) -> dict[str, Any]:
+    """What a run derived rather than was told: data provenance, normalization, device, sizes (for config.yaml)."""
+    return {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
+            "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
+            "world_size": world_size, "num_train": len(loaders["train"].labels), "num_val": len(loaders["val"].labels),
+            "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
+            "torch_version": str(torch.__version__)}
+
+
+def checkpoint_meta(data: Dataset, facts: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint needs to describe its data: dataset, input shape, classes, normalization."""
+    return {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "classes": data.classes, "normalization": facts["normalization"]}
+
+
 def hardware_name(device: torch.device) -> str:
     """A short description of the device the run used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{_cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else a generic name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = False,
@@ -115,6 +148,8 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
         # The folder may have moved since: it, not the saved `out`/`name`, says where the run lives.
         config = TrainConfig.from_dict({**resume_state["config"], "out": str(run_dir.parent), "name": run_dir.name})
     seed_everything(config.seed, config.deterministic)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     dist_ctx = from_environment(device)
     if dist_ctx is not None:
@@ -129,15 +164,9 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loaders = make_loaders(data, config, device, dist_ctx, channels_last)
-    facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
-             "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
-             "world_size": dist_ctx.world_size if dist_ctx else 1,
-             "num_train": len(loaders["train"].labels), "num_val": len(loaders["val"].labels),
-             "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
-             "torch_version": str(torch.__version__)}
+    facts = run_facts(data, loaders, model, device, dist_ctx.world_size if dist_ctx else 1)
     full_config = {**config.to_dict(), **facts}
-    meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-            "classes": data.classes, "normalization": full_config["normalization"]}
+    meta = checkpoint_meta(data, facts)
     trackers, wandb = Trackers(), None
     if main_process:
         prepare_run_dir(run_dir, resume, overwrite)

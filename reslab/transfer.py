@@ -24,8 +24,9 @@ from .config import TrainConfig, check_keys
 from .datasets import Dataset, load_dataset
 from .errors import ConfigError, ReslabError
 from .evaluate import classification_metrics, evaluate
-from .loader import TensorLoader, stratified_split
-from .run import hardware_name, make_loaders, prepare_run_dir, print_summary, seed_everything
+from .loader import TensorLoader
+from .run import (checkpoint_meta, hardware_name, make_loaders, prepare_run_dir, print_summary, run_facts,
+                  seed_everything, split_indices)
 from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
 from .train import resolve_device, train_model
 
@@ -214,12 +215,8 @@ def probe_runs(model: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
 
 def training_indices(data: Dataset, config: TrainConfig, limit: int | None = None) -> np.ndarray:
     """The training part of the run's stratified split (the images fine-tuning trains on), at most `limit`."""
-    train_idx, _ = stratified_split(data.train_labels, config.val_fraction, config.seed)
-    for size in (config.train_subset, limit):   # the same subset rule as the run's loaders
-        if size is not None and size < len(train_idx):
-            keep, _ = stratified_split(data.train_labels[train_idx], 1 - size / len(train_idx), config.seed)
-            train_idx = train_idx[keep]
-    return train_idx
+    return split_indices(data, config if limit is None else config.replace(
+        train_subset=min(limit, config.train_subset or limit)))[0]
 
 
 class _PhaseTracker(Tracker):
@@ -246,16 +243,11 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loaders = make_loaders(data, config, device, channels_last=channels_last)
-    facts = {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
-             "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
-             "num_train": loaders["train"].num_samples, "num_val": len(loaders["val"].labels),
-             "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
-             "torch_version": str(torch.__version__)}
+    facts = run_facts(data, loaders, model, device)
     settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
     full_config = {**config.to_dict(), **facts, **settings_used}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
-    meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-            "classes": data.classes, "normalization": full_config["normalization"]}
+    meta = checkpoint_meta(data, facts)
     wandb = None if config.wandb == "disabled" else WandbTracker(
         config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
     trackers = Trackers(ConsoleTracker(config.epochs), JsonlTracker(run_dir / "metrics.jsonl"), wandb)
