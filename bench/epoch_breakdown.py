@@ -43,8 +43,8 @@ from reslab.checkpoint import save_atomic  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
 from reslab.loader import TensorLoader  # noqa: E402
-from reslab.train import (StopSignals, _checkpoint, _train_epoch, autocast_for, capture_rng,  # noqa: E402
-                          evaluate_loss_accuracy, EarlyStopping)
+from reslab.train import (EarlyStopping, StopSignals, _checkpoint, _train_epoch, autocast_for,  # noqa: E402
+                          capture_rng, evaluate_loss_accuracy)
 
 
 def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bool) -> None:

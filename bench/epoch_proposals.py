@@ -24,7 +24,6 @@ and, once per model, a setup cost:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
