@@ -184,7 +184,9 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
         history.epochs = list(resume["history"])
         history.best_epoch = resume["best_epoch"]
         history.train_seconds = resume["train_seconds"]
-        best_state = resume["best_state_dict"]
+        # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
+        if run_dir is not None and (run_dir / "best_model.pth").is_file():
+            best_state = torch.load(run_dir / "best_model.pth", map_location="cpu", weights_only=True)["state_dict"]
         first_epoch = resume["epoch"] + 1
     history.best_val_loss = stopper.best_val_loss
     step_model = distributed.wrap(model) if distributed is not None else model
@@ -225,7 +227,7 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
                 last.update(optimizer=optimizer.state_dict(), early_stopping=stopper.state_dict(),
                             loader=train_loader.state_dict(), rng=capture_rng(), history=history.epochs,
                             best_epoch=history.best_epoch, train_seconds=history.train_seconds,
-                            best_state_dict=best_state, wandb_id=meta.get("wandb_id"))
+                            wandb_id=meta.get("wandb_id"))
                 save_atomic(last, run_dir / "last.pth")
             if reason:
                 stopped_by = reason
