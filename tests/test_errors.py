@@ -59,12 +59,28 @@ def test_missing_dataset_file(data, tmp_path, capsys):
     assert "t10k-labels-idx1-ubyte.gz" in err and "MNIST/raw" in err
 
 
-def test_truncated_file(data, tmp_path, capsys):
-    path = data / "MNIST/raw/train-images-idx3-ubyte.gz"
-    raw = gzip.decompress(path.read_bytes())
-    path.write_bytes(gzip.compress(raw[:-100]))
+def _truncate(raw: bytes) -> bytes:
+    return raw[:-100]
+
+
+def _bad_magic(raw: bytes) -> bytes:
+    return raw[:3] + b"\x01" + raw[4:]
+
+
+def _label_42(raw: bytes) -> bytes:
+    return raw[:8] + bytes([42]) + raw[9:]
+
+
+@pytest.mark.parametrize("filename, damage, words", [
+    ("train-images-idx3-ubyte.gz", _truncate, "truncated"),
+    ("t10k-images-idx3-ubyte.gz", _bad_magic, "magic"),
+    ("train-labels-idx1-ubyte.gz", _label_42, "labels range 0..42, expected 0..9"),
+], ids=["truncated", "wrong-magic", "label-out-of-range"])
+def test_damaged_idx_file(data, tmp_path, capsys, filename, damage, words):
+    path = data / "MNIST/raw" / filename
+    path.write_bytes(gzip.compress(damage(gzip.decompress(path.read_bytes()))))
     err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
-    assert "train-images-idx3-ubyte.gz" in err and "truncated" in err
+    assert filename in err and words in err
 
 
 def test_truncated_gzip(data, tmp_path, capsys):
@@ -72,24 +88,6 @@ def test_truncated_gzip(data, tmp_path, capsys):
     path.write_bytes(path.read_bytes()[:20])
     err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
     assert "train-labels-idx1-ubyte.gz" in err and "gzip" in err
-
-
-def test_wrong_magic_number(data, tmp_path, capsys):
-    path = data / "MNIST/raw/t10k-images-idx3-ubyte.gz"
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[3] = 0x01
-    path.write_bytes(gzip.compress(bytes(raw)))
-    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
-    assert "t10k-images-idx3-ubyte.gz" in err and "magic" in err
-
-
-def test_labels_out_of_range(data, tmp_path, capsys):
-    path = data / "MNIST/raw/train-labels-idx1-ubyte.gz"
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[8] = 42
-    path.write_bytes(gzip.compress(bytes(raw)))
-    err = _fails_cleanly(_run(data, tmp_path / "runs"), capsys, tmp_path)
-    assert "labels range" in err and "0..9" in err
 
 
 def test_wrong_cifar_shape(data, tmp_path, capsys):
