@@ -125,7 +125,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     root = resolve_data_dir(data_dir)
     explicit = data_dir is not None or DATA_ENV in os.environ
     if explicit and not root.is_dir():
-        raise DataError(f"data folder {root} does not exist (set --data-dir or ${DATA_ENV} to the folder that "
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {what} (set --data-dir or ${DATA_ENV} to the folder that "
                         f"holds {spec.folder}/)")
     folder = root / spec.folder
     paths = {f: _find(folder, f) for f in spec.md5}

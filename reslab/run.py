@@ -40,14 +40,21 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run folder; refuse to reuse one unless resuming or overwriting."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Fail early, before any work, if the run folder cannot be used as asked."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ReslabError(f"run folder {run_dir} is a file, not a folder")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if not overwrite:
-            raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
-                              "replace it, or --name for a new one")
+    if resume and not (run_dir / "last.pth").is_file():
+        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
+    if not resume and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
+                          "replace it, or --name for a new one")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run folder (emptied first when overwriting); refuse to reuse one unless resuming or overwriting."""
+    check_run_dir(run_dir, resume, overwrite)
+    if overwrite and not resume and run_dir.is_dir():
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,14 +65,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ReslabError(f"output folder {run_dir} is not writable ({exc.strerror or exc})") from None
     for stale in run_dir.glob(".*.tmp"):   # a checkpoint write that a crash cut short
         stale.unlink()
-
-
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Fail early, before any work, if the run folder cannot be used as asked."""
-    if resume and not (run_dir / "last.pth").is_file():
-        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
-    if not resume and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-        prepare_run_dir(run_dir, resume, overwrite)   # raises the "already exists" error
 
 
 def split_indices(data: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:

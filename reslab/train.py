@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, save_atomic
+from .checkpoint import FORMAT, read_checkpoint, save_atomic
 from .config import TrainConfig
 from .loader import TensorLoader
 from .tracking import Tracker
@@ -186,9 +186,8 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
         history.train_seconds = resume["train_seconds"]
         # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
         if run_dir is not None and (run_dir / "best_model.pth").is_file():
-            best_state = torch.load(run_dir / "best_model.pth", map_location="cpu", weights_only=True)["state_dict"]
+            best_state = read_checkpoint(run_dir / "best_model.pth")["state_dict"]
         first_epoch = resume["epoch"] + 1
-    history.best_val_loss = stopper.best_val_loss
     step_model = distributed.wrap(model) if distributed is not None else model
     if config.compile:
         step_model = torch.compile(step_model)
@@ -221,14 +220,13 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
             if tracker is not None:
                 tracker.log_epoch(record)
             if run_dir is not None:
+                snapshot = _checkpoint(model, meta, config, record)   # one CPU copy of the weights for both files
                 if improved:
-                    save_atomic(_checkpoint(model, meta, config, record), run_dir / "best_model.pth")
-                last = _checkpoint(model, meta, config, record)
-                last.update(optimizer=optimizer.state_dict(), early_stopping=stopper.state_dict(),
-                            loader=train_loader.state_dict(), rng=capture_rng(), history=history.epochs,
-                            best_epoch=history.best_epoch, train_seconds=history.train_seconds,
-                            wandb_id=meta.get("wandb_id"))
-                save_atomic(last, run_dir / "last.pth")
+                    save_atomic(snapshot, run_dir / "best_model.pth")
+                save_atomic({**snapshot, "optimizer": optimizer.state_dict(), "early_stopping": stopper.state_dict(),
+                             "loader": train_loader.state_dict(), "rng": capture_rng(), "history": history.epochs,
+                             "best_epoch": history.best_epoch, "train_seconds": history.train_seconds,
+                             "wandb_id": meta.get("wandb_id")}, run_dir / "last.pth")
             if reason:
                 stopped_by = reason
                 break

@@ -208,36 +208,19 @@ def _rewrite_batch(path: Path, **changes) -> None:
     _write_pickle(path, batch)
 
 
-def test_cifar_wrong_image_size(cifar10_dir):
-    path = cifar10_dir / "data_batch_3"
-    _rewrite_batch(path, data=np.zeros((20, 1024), np.uint8))
+@pytest.mark.parametrize("batch, changes, words", [
+    ("data_batch_3", {"data": np.zeros((20, 1024), np.uint8)}, ("(20, 1024)", "(N, 3072)")),
+    ("test_batch", {"data": np.zeros((20, 3072), np.float32)}, ("float32", "expected uint8")),
+    ("data_batch_2", {"labels": [0] * 19}, ("19 labels for 20 images",)),
+    ("data_batch_1", {"labels": [0] * 19 + [-1]}, ("-1..", "expected 0..9")),
+    ("data_batch_4", {"labels": [b"cat"] * 20}, ("labels",)),
+], ids=["wrong-image-size", "wrong-dtype", "label-count-mismatch", "labels-out-of-range", "labels-not-numbers"])
+def test_damaged_cifar_batch(cifar10_dir, batch, changes, words):
+    path = cifar10_dir / batch
+    _rewrite_batch(path, **changes)
     with pytest.raises(DataError) as exc:
         load_dataset("cifar10", cifar10_dir.parent, download=False)
-    _assert_names(exc, path, "(20, 1024)", "(N, 3072)")
-
-
-def test_cifar_wrong_dtype(cifar10_dir):
-    path = cifar10_dir / "test_batch"
-    _rewrite_batch(path, data=np.zeros((20, 3072), np.float32))
-    with pytest.raises(DataError) as exc:
-        load_dataset("cifar10", cifar10_dir.parent, download=False)
-    _assert_names(exc, path, "float32", "expected uint8")
-
-
-def test_cifar_label_count_mismatch(cifar10_dir):
-    path = cifar10_dir / "data_batch_2"
-    _rewrite_batch(path, labels=[0] * 19)
-    with pytest.raises(DataError) as exc:
-        load_dataset("cifar10", cifar10_dir.parent, download=False)
-    _assert_names(exc, path, "19 labels for 20 images")
-
-
-def test_cifar_labels_out_of_range(cifar10_dir):
-    path = cifar10_dir / "data_batch_1"
-    _rewrite_batch(path, labels=[0] * 19 + [-1])
-    with pytest.raises(DataError) as exc:
-        load_dataset("cifar10", cifar10_dir.parent, download=False)
-    _assert_names(exc, path, "-1..", "expected 0..9")
+    _assert_names(exc, path, *words)
 
 
 def test_cifar100_fine_label_out_of_range(tmp_path):
@@ -247,14 +230,6 @@ def test_cifar100_fine_label_out_of_range(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset("cifar100", tmp_path, download=False)
     _assert_names(exc, path, "0..100", "expected 0..99")
-
-
-def test_cifar_labels_that_are_not_numbers(cifar10_dir):
-    path = cifar10_dir / "data_batch_4"
-    _rewrite_batch(path, labels=[b"cat"] * 20)
-    with pytest.raises(DataError) as exc:
-        load_dataset("cifar10", cifar10_dir.parent, download=False)
-    _assert_names(exc, path, "labels")
 
 
 def test_cifar_missing_key(cifar10_dir):
