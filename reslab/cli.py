@@ -170,19 +170,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .study import run_experiment
     overrides = overrides_from(args)
-    for key in ("experiment", "seeds", "profile", "overwrite"):
+    for key in ("experiment", "seeds", "profile", "overwrite", "jobs"):
         overrides.pop(key, None)
     result = run_experiment(args.experiment, seeds=args.seeds, profile=args.profile, overrides=overrides,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, jobs=args.jobs)
     return 0 if result["status"] == "done" else 1
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from .study import run_lab
     overrides = overrides_from(args)
-    for key in ("seeds", "profile", "overwrite"):
+    for key in ("seeds", "profile", "overwrite", "jobs"):
         overrides.pop(key, None)
-    run_lab(seeds=args.seeds, profile=args.profile, overrides=overrides, overwrite=args.overwrite)
+    run_lab(seeds=args.seeds, profile=args.profile, overrides=overrides, overwrite=args.overwrite, jobs=args.jobs)
     return 0
 
 
@@ -248,6 +248,9 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--profile", choices=["quick", "full"], default="full",
                        help="full = the reference protocol; quick = fewer epochs/images (default full)")
         p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
+        p.add_argument("--jobs", type=int, default=1,
+                       help="train up to N runs at once, each in its own process on the same device (default 1); "
+                            "a GPU that one small model leaves mostly idle gets through a study sooner")
         _train_options(p)
         p.set_defaults(func=func)
 

@@ -14,6 +14,7 @@ from . import analysis, transfer
 from .config import TrainConfig, check_keys, load_yaml
 from .datasets import DatasetSpec, get_spec
 from .errors import ConfigError, DataError, ReslabError
+from .jobs import run_parallel
 from .models import build_model, list_models, model_arguments
 from .run import run_training
 
@@ -276,14 +277,18 @@ def check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
 
 
 def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
-                   overwrite: bool = False, folder: str | Path | None = None) -> dict[str, Any]:
-    """Run one experiment (a shipped name or a YAML file) for seeds 0..seeds-1; write study.json and report.md."""
+                   overwrite: bool = False, folder: str | Path | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Run one experiment (a shipped name or a YAML file) for seeds 0..seeds-1; write study.json and report.md.
+
+    `jobs` > 1 trains that many of a training experiment's runs at once, each in its own process."""
     overrides = dict(overrides or {})
     for key, why in FORBIDDEN_OVERRIDES.items():
         if key in overrides:
             raise ConfigError(f"--{key} cannot be set for an experiment: {why}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
     experiment = load_experiment(name, profile)
     out = Path(overrides.pop("out", "runs"))
     folder = Path(folder) if folder is not None else out / experiment["name"]
@@ -299,7 +304,7 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     (folder / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
     try:
         if experiment.get("kind", "train") == "train":
-            status["runs"] = _run_training_experiment(experiment, seeds, overrides, folder, overwrite)
+            status["runs"] = _run_training_experiment(experiment, seeds, overrides, folder, overwrite, jobs)
         else:
             status["runs"] = _run_transfer_experiment(experiment, seeds, overrides, folder, overwrite)
     except DataError as exc:
@@ -314,23 +319,31 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
 
 
 def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any], folder: Path,
-                             overwrite: bool) -> list[str]:
-    """Every model x seed through run_training, then the experiment's analyses; return the run folder names."""
-    runs, flows = [], []
+                             overwrite: bool, jobs: int = 1) -> list[str]:
+    """Every model x seed through run_training (`jobs` at a time), then the analyses; return the run folder names."""
+    flows = []
     taken = {k for entry in experiment["models"] for k in model_arguments(entry["model"])}
     unused = set(overrides.get("model_args", {})) - taken
     if unused:
         print(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there", flush=True)
-    for seed in range(seeds):
-        pairs = train_configs(experiment, seed, overrides, folder)
-        for label, config in pairs:
-            print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
-            summary = train_run(config, overwrite)
-            if summary["stopped_by"] == "interrupted":
-                raise KeyboardInterrupt
-            runs.append(config.run_name)
-        if "gradient_flow" in experiment.get("analysis", []):
-            flows.append(analysis.gradient_flow_at_init(dict(pairs)))
+    pairs_by_seed = [train_configs(experiment, seed, overrides, folder) for seed in range(seeds)]
+    configs = [config for pairs in pairs_by_seed for _, config in pairs]
+    if jobs > 1 and len(configs) > 1:
+        # Seed-major order: with fewer slots than runs, the first seed's models finish first.
+        tasks = [(config.run_name, (config, overwrite)) for config in configs]
+        print(f"-- {experiment['name']}: {len(tasks)} runs, {min(jobs, len(tasks))} at a time", flush=True)
+        summaries = run_parallel(train_run, tasks, jobs)
+        if any(summary["stopped_by"] == "interrupted" for summary in summaries):
+            raise KeyboardInterrupt
+    else:
+        for seed, pairs in enumerate(pairs_by_seed):
+            for label, config in pairs:
+                print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
+                if train_run(config, overwrite)["stopped_by"] == "interrupted":
+                    raise KeyboardInterrupt
+    runs = [config.run_name for config in configs]
+    if "gradient_flow" in experiment.get("analysis", []):
+        flows = [analysis.gradient_flow_at_init(dict(pairs)) for pairs in pairs_by_seed]
     if flows:
         (folder / "gradient_flow.json").write_text(json.dumps(flows, indent=2))
     return runs
@@ -384,12 +397,12 @@ def _finished(run_dir: Path) -> bool:
 
 
 def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
-            overwrite: bool = False) -> dict[str, Any]:
+            overwrite: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The four reference exercises in order into <out>/lab/, ex2.1 reusing ex1.3's network; then the lab report."""
     overrides = dict(overrides or {})
     lab = Path(overrides.pop("out", "runs")) / "lab"
     start = time.perf_counter()
-    results = [run_experiment(name, seeds, profile, overrides, overwrite, folder=lab / name) for name in LAB]
+    results = [run_experiment(name, seeds, profile, overrides, overwrite, folder=lab / name, jobs=jobs) for name in LAB]
     record = {"exercises": list(LAB), "profile": profile, "seeds": seeds,
               "wall_seconds": round(time.perf_counter() - start, 1)}
     (lab / "lab.json").write_text(json.dumps(record, indent=2))
