@@ -8,7 +8,7 @@ One run times, on the same model, batch size, data and epochs:
             console and metrics.jsonl trackers and best_model.pth / last.pth checkpoints in a temporary run folder,
             as ``reslab train`` would run it (console lines are captured, not shown; stderr is not a terminal,
             so no progress bar).
-(b) bare    the limit: Adam forward/backward/step over contiguous slices of pre-made, pre-shuffled, normalized
+(b) bare    the limit: forward/backward/step over contiguous slices of pre-made, pre-shuffled, normalized
             float tensors already on the device, no augmentation, no per-epoch reshuffle, no bookkeeping; then a
             bare validation pass (inference_mode, eval batch size) that sums loss and correct predictions on the
             device and reads them once. Validation is included because (a) validates every epoch.
@@ -20,6 +20,8 @@ One run times, on the same model, batch size, data and epochs:
             datasets with RandomCrop/RandomHorizontalFlip/ToTensor/Normalize do (a PIL image per sample),
             reimplemented because torchvision is not installed.
 
+All three step with the optimizer train_model builds (reslab.train.make_optimizer: Adam, fused on CUDA; the
+GPU figures of 2026-11-27 in bench/RESULTS.md predate this, when (b) and (c) used the default foreach Adam).
 On CUDA all three use bf16 autocast and, for the CNN, channels_last model and inputs, as train_model does, and
 cudnn.benchmark is on. On the CPU, (a) and (b) use channels_last for the CNN too, as reslab.run.run_training
 decides (any Conv2d: channels_last model and loaders, on every device); (c) stays NCHW there, as usual code does.
@@ -84,7 +86,7 @@ from reslab.loader import channel_stats, stratified_split  # noqa: E402
 from reslab.models import build_model  # noqa: E402
 from reslab.run import make_loaders  # noqa: E402
 from reslab.tracking import ConsoleTracker, JsonlTracker, Trackers  # noqa: E402
-from reslab.train import autocast_for, train_model  # noqa: E402
+from reslab.train import autocast_for, make_optimizer, train_model  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 SEED = 0
@@ -282,7 +284,7 @@ class BarePipeline:
         self.x, self.y = self._tensors(split, order, channels_last)
         self.x_val, self.y_val = self._tensors(split, split.val_idx, channels_last)
         self.model = _new_model(bench, split, device, channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = make_optimizer(self.model, config, device)   # as train_model: fused on CUDA
         self.criterion = nn.CrossEntropyLoss()
         self.train_images = len(self.y)
 
@@ -415,7 +417,7 @@ class DataLoaderPipeline:
         self.val_loader = torch.utils.data.DataLoader(val, batch_size=config.eval_batch_size, shuffle=False,
                                                       num_workers=workers, pin_memory=pin)
         self.model = _new_model(bench, split, device, channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = make_optimizer(self.model, config, device)   # as train_model: fused on CUDA
         self.criterion = nn.CrossEntropyLoss()
         self.train_images = len(train)
 

@@ -156,6 +156,13 @@ def autocast_for(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with the config's learning rate and weight decay; fused on CUDA."""
+    # The fused kernel updates every parameter in a few launches instead of a chain per tensor.
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            fused=True if device.type == "cuda" else None)
+
+
 def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: TensorLoader, config: TrainConfig,
                 tracker: Tracker | None = None, run_dir: str | Path | None = None,
                 checkpoint_meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
@@ -168,9 +175,7 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
     """
     device = train_loader.device
     model.to(device)
-    # On CUDA the fused Adam updates every parameter in a few kernels instead of a chain per tensor.
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                 fused=True if device.type == "cuda" else None)
+    optimizer = make_optimizer(model, config, device)
     stopper = EarlyStopping.from_config(config)
     history = History()
     best_state = copy.deepcopy(model.state_dict())

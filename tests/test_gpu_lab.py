@@ -37,3 +37,15 @@ def test_gpu_lab_smoke(tmp_path):
             f"{model}{depth}-seed0" for model in ("cnn", "rescnn") for depth in (2, 3, 6)}
         one = json.load(tar.extractfile("runs/ex1.3/rescnn6-seed0/summary.json"))
         assert one["epochs_run"] == 1 and one["model_args"]["depth"] == 6
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_lab_past_its_deadline_skips_training_and_still_returns_the_log(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "RESLAB_GPU_DEADLINE": "0"}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_lab.sh"), str(out), "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stdout.count("deadline reached: skipped reslab run") == 3   # ex1.3, ex1, ex1.2
+    assert "finished with 3 failed step(s)" in proc.stdout
+    assert "finished with 3 failed step(s)" in (out / "log.txt").read_text()

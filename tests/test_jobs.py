@@ -76,7 +76,8 @@ def test_the_first_error_stops_new_runs_and_is_raised(capfd):
     assert "started t6" not in out       # and nothing new started after the failure
 
 
-def test_ctrl_c_stops_every_run_politely(tmp_path, tiny_data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_group_stops_every_run_politely(tmp_path, tiny_data, sig):
     args = [sys.executable, "-m", "reslab", "run", "ex1", "--seeds", "2", "--jobs", "2", "--epochs", "10000",
             "--no-stagnation-stop", "--no-overfit-stop", "--batch-size", "8", "--wandb", "disabled",
             "--data-dir", str(tiny_data), "--out", str(tmp_path)]
@@ -87,7 +88,7 @@ def test_ctrl_c_stops_every_run_politely(tmp_path, tiny_data):
     deadline = time.time() + 120
     while time.time() < deadline and not all((d / "last.pth").is_file() for d in folders):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)   # as Ctrl-C in a terminal, or `timeout` (bench/gpu_lab.sh's deadline)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted: waiting for 2 run(s) to stop" in out
