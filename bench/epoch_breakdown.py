@@ -44,7 +44,7 @@ from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
 from reslab.loader import TensorLoader  # noqa: E402
 from reslab.train import (EarlyStopping, StopSignals, _checkpoint, _train_epoch, autocast_for,  # noqa: E402
-                          capture_rng, evaluate_loss_accuracy)
+                          capture_rng, evaluate_loss_accuracy, make_optimizer)
 
 
 def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bool) -> None:
@@ -97,7 +97,7 @@ def main() -> int:
     b = BarePipeline(bench, split, config, device, channels_last=is_cnn)    # as epoch_speed's (b)
     train_loader, val_loader = a.loaders["train"], a.loaders["val"]
     model, amp = a.model, config.amp
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config, device)
     stopper = EarlyStopping.from_config(config)
     record = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.9,
               "seconds": 1.0}
@@ -138,7 +138,7 @@ def main() -> int:
         nchw_val = TensorLoader(split.images[split.val_idx], split.labels[split.val_idx], config.eval_batch_size,
                                 **nchw)
         nchw_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-        nchw_opt = torch.optim.Adam(nchw_model.parameters(), lr=config.lr)
+        nchw_opt = make_optimizer(nchw_model, config, device)
         b_nchw = BarePipeline(bench, split, config, device, channels_last=False)
         parts.update({
             "bare train, NCHW model + inputs": lambda: bare_train(b_nchw),

@@ -20,7 +20,7 @@ One run times, on the same model, batch size, data and epochs:
             datasets with RandomCrop/RandomHorizontalFlip/ToTensor/Normalize do (a PIL image per sample),
             reimplemented because torchvision is not installed.
 
-All three step with the optimizer train_model builds (reslab.train.make_optimizer: Adam, fused on CUDA; the
+All three step with the optimizer train_model builds (reslab.train.make_optimizer: the fused Adam; the
 GPU figures of 2026-11-27 in bench/RESULTS.md predate this, when (b) and (c) used the default foreach Adam).
 On CUDA all three use bf16 autocast and, for the CNN, channels_last model and inputs, as train_model does, and
 cudnn.benchmark is on. On the CPU, (a) and (b) use channels_last for the CNN too, as reslab.run.run_training
@@ -284,7 +284,7 @@ class BarePipeline:
         self.x, self.y = self._tensors(split, order, channels_last)
         self.x_val, self.y_val = self._tensors(split, split.val_idx, channels_last)
         self.model = _new_model(bench, split, device, channels_last)
-        self.optimizer = make_optimizer(self.model, config, device)   # as train_model: fused on CUDA
+        self.optimizer = make_optimizer(self.model, config, device)   # as train_model builds it
         self.criterion = nn.CrossEntropyLoss()
         self.train_images = len(self.y)
 
@@ -417,7 +417,7 @@ class DataLoaderPipeline:
         self.val_loader = torch.utils.data.DataLoader(val, batch_size=config.eval_batch_size, shuffle=False,
                                                       num_workers=workers, pin_memory=pin)
         self.model = _new_model(bench, split, device, channels_last)
-        self.optimizer = make_optimizer(self.model, config, device)   # as train_model: fused on CUDA
+        self.optimizer = make_optimizer(self.model, config, device)   # as train_model builds it
         self.criterion = nn.CrossEntropyLoss()
         self.train_images = len(train)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,8 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+    if jobs > 1 and "WORLD_SIZE" in os.environ:
+        raise ConfigError("--jobs cannot be combined with torchrun: under torchrun every run already uses all ranks")
     experiment = load_experiment(name, profile)
     out = Path(overrides.pop("out", "runs"))
     folder = Path(folder) if folder is not None else out / experiment["name"]

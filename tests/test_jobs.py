@@ -96,3 +96,9 @@ def test_a_signal_to_the_group_stops_every_run_politely(tmp_path, tiny_data, sig
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["stopped_by"] == "interrupted" and summary["epochs_run"] >= 1
     assert not (tmp_path / "ex1" / "study.json").exists()   # the study does not claim to be done
+
+
+def test_jobs_under_torchrun_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="torchrun"):
+        study.run_experiment("ex1", overrides={"out": str(tmp_path)}, jobs=2)
