@@ -36,6 +36,11 @@ class _Labelled:
     def flush(self) -> None:
         self.stream.flush()
 
+    def close_line(self) -> None:
+        """Write out a last line that never got its newline."""
+        if self.pending:
+            self.write("\n")
+
     def isatty(self) -> bool:
         return False   # no progress bars: several would draw over each other
 
@@ -56,7 +61,8 @@ def _child(fn: Callable[..., Any], args: tuple, label: str, threads: int, conn: 
         traceback.print_exc()
         conn.send(("error", RuntimeError(f"run {label} failed: {type(exc).__name__}: {exc}")))
     finally:
-        sys.stdout.flush()
+        sys.stdout.close_line()
+        sys.stderr.close_line()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
