@@ -261,9 +261,11 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
     """One pass over the training data; loss and accuracy sums stay on the device until the end."""
     model.train()
     device = loader.device
-    # Per-batch results land in preallocated device buffers: one small copy per batch, no host sync.
-    batch_losses = torch.zeros(len(loader), device=device)
-    batch_hits = torch.zeros(len(loader), device=device, dtype=torch.int64)
+    # Per-batch results are kept as device tensors and combined once at the end of the epoch: one small op per
+    # batch (the argmax), no host sync.
+    losses: list[torch.Tensor] = []
+    predictions: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     grad_sums = torch.zeros(len(grad_params), device=device) if grad_params else None
     criterion = nn.CrossEntropyLoss()
     # Under DDP every rank must run the same number of steps, so mid-epoch stops wait for the epoch's end.
@@ -277,15 +279,17 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
         if grad_sums is not None:
             grad_sums += torch.stack(torch._foreach_norm([p.grad for _, p in grad_params]))
         optimizer.step()
-        batch_losses[i] = loss.detach()
-        torch.sum(logits.argmax(1) == y, 0, out=batch_hits[i])
+        losses.append(loss.detach())
+        predictions.append(logits.argmax(1))
+        targets.append(y)
         if stop_mid_epoch:
             # Look for a non-finite loss only every NAN_CHECK_EVERY batches: each look is a CPU-GPU sync.
-            if (i + 1) % NAN_CHECK_EVERY == 0 and not batch_losses[i + 1 - NAN_CHECK_EVERY:i + 1].isfinite().all():
+            if (i + 1) % NAN_CHECK_EVERY == 0 and not torch.stack(losses[-NAN_CHECK_EVERY:]).isfinite().all():
                 break
             if signals.requested:
                 return {"interrupted": True}
-    bad = torch.nonzero(~batch_losses.isfinite())   # batches never run hold 0: finite
+    batch_losses = torch.stack(losses)
+    bad = torch.nonzero(~batch_losses.isfinite())
     nan_batch = int(bad[0, 0]) if len(bad) else -1
     if distributed is not None and distributed.any(nan_batch >= 0):
         nan_batch = max(nan_batch, 0)
@@ -295,7 +299,8 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
     seen = loader.num_samples
     last = seen - (len(loader) - 1) * loader.batch_size
     loss_sum = batch_losses[:-1].sum() * loader.batch_size + batch_losses[-1] * last
-    totals = torch.stack([loss_sum, batch_hits.sum().to(loss_sum.dtype), torch.tensor(float(seen), device=device)])
+    hits = (torch.cat(predictions) == torch.cat(targets)).sum()
+    totals = torch.stack([loss_sum, hits.to(loss_sum.dtype), torch.tensor(float(seen), device=device)])
     if distributed is not None:
         totals = distributed.all_reduce_sum(totals)
     loss_total, correct_total, count = totals.tolist()   # the one host sync per epoch
