@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun: process group, DDP wrapping, and all-reduced epoch sums."""
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from dataclasses import dataclass
@@ -40,15 +41,24 @@ class Context:
         return bool(t.item())
 
     def close(self, wait: bool = True) -> None:
-        """Wait for every rank (rank 0 may still be testing), then leave the process group.
+        """End a run: wait for every rank (rank 0 may still be testing); after a failure, leave the group at once.
 
-        After a failure, leave without waiting: the other ranks may never arrive."""
+        The group itself stays for the process's next run (an experiment trains several): joining torchrun's
+        rendezvous a second time hangs. It is left when the process exits."""
         if dist.is_initialized():
             # Free the DDP wrapper's pending gloo work now: left to interpreter shutdown it can abort the process.
             gc.collect()
             if wait:
                 dist.barrier()
-            dist.destroy_process_group()
+            else:
+                _leave()
+
+
+def _leave() -> None:
+    """Leave the process group, if still in it."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def from_environment(device: torch.device) -> Context | None:
@@ -62,4 +72,5 @@ def from_environment(device: torch.device) -> Context | None:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)
     return Context(rank, world_size, local_rank, device)

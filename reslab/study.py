@@ -293,18 +293,23 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     if jobs > 1 and "WORLD_SIZE" in os.environ:
         raise ConfigError("--jobs cannot be combined with torchrun: under torchrun every run already uses all ranks")
     experiment = load_experiment(name, profile)
+    if experiment.get("kind", "train") != "train" and "WORLD_SIZE" in os.environ:
+        raise ConfigError(f"{experiment['name']} is a transfer experiment: run it without torchrun")
     out = Path(overrides.pop("out", "runs"))
     folder = Path(folder) if folder is not None else out / experiment["name"]
-    print(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==",
-          flush=True)
+    main_process = _is_main()
+    if main_process:
+        print(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==",
+              flush=True)
     start = time.perf_counter()
     status = {"experiment": experiment["name"], "description": experiment.get("description", ""), "profile": profile,
               "seeds": seeds, "status": "done", "reason": None, "runs": []}
-    folder.mkdir(parents=True, exist_ok=True)
-    # The file as written plus how it was run: the report applies the profile itself to say what it changed.
-    record = {"name": experiment["name"], **load_yaml(experiment_path(name)), "profile": profile, "seeds": seeds,
-              "overrides": overrides}
-    (folder / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    if main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        # The file as written plus how it was run: the report applies the profile itself to say what it changed.
+        record = {"name": experiment["name"], **load_yaml(experiment_path(name)), "profile": profile,
+                  "seeds": seeds, "overrides": overrides}
+        (folder / "experiment.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
     try:
         if experiment.get("kind", "train") == "train":
             status["runs"] = _run_training_experiment(experiment, seeds, overrides, folder, overwrite, jobs)
@@ -314,11 +319,18 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
         status.update(status="not run", reason=str(exc))
         print(f"{experiment['name']}: not run: {exc}", flush=True)
     status["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if not main_process:
+        return {**status, "folder": str(folder), "report": None}
     (folder / "study.json").write_text(json.dumps(status, indent=2))
     from .report import write_report
     report = write_report(folder)
     print(f"{experiment['name']}: {status['status']} in {status['wall_seconds']:.0f}s; report: {report}", flush=True)
     return {**status, "folder": str(folder), "report": str(report)}
+
+
+def _is_main() -> bool:
+    """Whether this process writes an experiment's files: always, except on the ranks of torchrun other than 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any], folder: Path,
@@ -341,11 +353,12 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     else:
         for seed, pairs in enumerate(pairs_by_seed):
             for label, config in pairs:
-                print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
+                if _is_main():
+                    print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
                 if train_run(config, overwrite)["stopped_by"] == "interrupted":
                     raise KeyboardInterrupt
     runs = [config.run_name for config in configs]
-    if "gradient_flow" in experiment.get("analysis", []):
+    if "gradient_flow" in experiment.get("analysis", []) and _is_main():
         flows = [analysis.gradient_flow_at_init(dict(pairs)) for pairs in pairs_by_seed]
     if flows:
         (folder / "gradient_flow.json").write_text(json.dumps(flows, indent=2))
@@ -402,6 +415,9 @@ def _finished(run_dir: Path) -> bool:
 def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
             overwrite: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The four reference exercises in order into <out>/lab/, ex2.1 reusing ex1.3's network; then the lab report."""
+    if "WORLD_SIZE" in os.environ:
+        raise ConfigError("the lab cannot run under torchrun (its transfer exercise runs in one process); "
+                          "run its training exercises with `torchrun ... -m reslab run NAME`")
     overrides = dict(overrides or {})
     lab = Path(overrides.pop("out", "runs")) / "lab"
     start = time.perf_counter()
