@@ -119,8 +119,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir or os.environ.get(DATA_ENV) or "data").expanduser()
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
-    """Read a dataset's train and test splits from the data folder, downloading missing files when allowed."""
+def ensure_files(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> dict[str, Path]:
+    """The paths of a dataset's files in the data folder, downloading missing ones when allowed."""
     spec = get_spec(name)
     root = resolve_data_dir(data_dir)
     explicit = data_dir is not None or DATA_ENV in os.environ
@@ -139,6 +139,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         still_missing = [f for f, p in paths.items() if p is None]
         if still_missing:   # an archive that does not hold every file
             raise DataError(f"{spec.name}: the download did not provide {', '.join(still_missing)} in {folder}")
+    return paths
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
+    """Read a dataset's train and test splits from the data folder, downloading missing files when allowed."""
+    spec = get_spec(name)
+    paths = ensure_files(name, data_dir, download)
     if spec.format == "idx":
         train_x, train_y = _read_idx_pair(paths[spec.train_files[0]], paths[spec.train_files[1]], spec)
         test_x, test_y = _read_idx_pair(paths[spec.test_files[0]], paths[spec.test_files[1]], spec)

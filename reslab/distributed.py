@@ -41,21 +41,29 @@ class Context:
         return bool(t.item())
 
     def close(self, wait: bool = True) -> None:
-        """End a run: wait for every rank (rank 0 may still be testing); after a failure, leave the group at once.
+        """End a run: wait for every rank (rank 0 may still be testing), unless it failed (they may never arrive).
 
-        The group itself stays for the process's next run (an experiment trains several): joining torchrun's
-        rendezvous a second time hangs. It is left when the process exits."""
+        The process group stays for the process's next run (an experiment trains several): joining torchrun's
+        rendezvous a second time hangs. The group is left when the process exits."""
         if dist.is_initialized():
             # Free the DDP wrapper's pending gloo work now: left to interpreter shutdown it can abort the process.
             gc.collect()
             if wait:
                 dist.barrier()
-            else:
-                _leave()
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several ranks that torchrun started."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files: always, except on torchrun's ranks other than 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _leave() -> None:
-    """Leave the process group, if still in it."""
+    """Leave the process group at exit."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
@@ -63,10 +71,10 @@ def _leave() -> None:
 
 def from_environment(device: torch.device) -> Context | None:
     """Join the process group torchrun describes in the environment; None when not launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if not launched_by_torchrun():
         return None
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -3,15 +3,18 @@
 A small model trained with batch 128 leaves a GPU mostly idle (each step is a few dozen tiny kernels, and
 Python launches them one by one), so a study's runs finish sooner side by side than one after another.
 Each run gets a fresh spawned process: nothing of CUDA or of another run leaks in, and a process that ends
-gives its memory back. Ctrl-C and SIGTERM reach every process of the group: a run in training stops after
-its batch as it would alone, and no new run starts.
+gives its memory back. Each child has a process group of its own, and the parent passes every SIGINT and
+SIGTERM it gets on to the children: Ctrl-C in a terminal, `kill PID` and `timeout` act alike, a run in
+training stops after its batch as it would alone (a second signal stops it at once), and no new run starts.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import traceback
 from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
@@ -28,13 +31,10 @@ class _Labelled:
     def write(self, text: str) -> int:
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
-        if lines:
-            self.stream.write("".join(f"{self.label}{line}\n" for line in lines))
+        if any(lines):
+            self.stream.write("".join(f"{self.label}{line}\n" for line in lines if line))
             self.stream.flush()
         return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
     def close_line(self) -> None:
         """Write out a last line that never got its newline."""
@@ -44,16 +44,20 @@ class _Labelled:
     def isatty(self) -> bool:
         return False   # no progress bars: several would draw over each other
 
+    def __getattr__(self, name: str) -> Any:   # flush, fileno, encoding, ...: the real stream's
+        return getattr(self.stream, name)
+
 
 def _child(fn: Callable[..., Any], args: tuple, label: str, threads: int, conn: Any) -> None:
     """Run fn(*args) in a worker process and send ("ok", result) or ("error", exception) back."""
+    os.setpgid(0, 0)   # signals from the terminal go to the parent alone, which passes each on exactly once
     sys.stdout = _Labelled(sys.__stdout__, f"[{label}] ")
     sys.stderr = _Labelled(sys.__stderr__, f"[{label}] ")
     import torch
     torch.set_num_threads(threads)   # the CPU's cores are shared out; a run's own `threads` setting still wins
     try:
         conn.send(("ok", fn(*args)))
-    except ReslabError as exc:
+    except (ReslabError, OSError) as exc:   # a user's mistake or a full disk: one line, as when run alone
         conn.send(("error", exc))
     except KeyboardInterrupt:
         conn.send(("error", KeyboardInterrupt()))
@@ -65,14 +69,11 @@ def _child(fn: Callable[..., Any], args: tuple, label: str, threads: int, conn: 
         sys.stderr.close_line()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def run_parallel(fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple]], jobs: int) -> list[Any]:
     """fn(*args) for every (label, args) task, at most `jobs` at a time, each in a new process; results in order.
 
-    The first error stops new runs from starting; the runs under way finish, then the error is raised.
+    The first error, or a SIGINT/SIGTERM, stops new runs from starting; the runs under way end (a signal is
+    passed on to them), then the error is raised (KeyboardInterrupt for a signal).
     """
     if jobs < 1:
         raise ReslabError(f"jobs must be at least 1, got {jobs}")
@@ -82,11 +83,26 @@ def run_parallel(fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple]], job
     results: list[Any] = [None] * len(tasks)
     queue = list(enumerate(tasks))
     running: dict[Any, tuple[int, Any, str]] = {}
-    failure: BaseException | None = None
-    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+    failure: list[BaseException] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        if not failure:
+            failure.append(KeyboardInterrupt())
+            with contextlib.suppress(RuntimeError):   # the main loop may be printing: skip the line, not the stop
+                print(f"interrupted: stopping {len(running)} run(s) after their batch (again to stop at once)",
+                      flush=True)
+        queue.clear()
+        for _, process, _ in running.values():
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while queue or running:
-            while queue and len(running) < jobs and failure is None:
+            while queue and len(running) < jobs and not failure:
                 index, (label, args) = queue.pop(0)
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_child, args=(fn, args, label, threads, send), name=label)
@@ -96,16 +112,7 @@ def run_parallel(fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple]], job
                 print(f"started {label} ({len(running)} running, {len(queue)} waiting)", flush=True)
             if not running:
                 break
-            try:
-                ready = wait(list(running))
-            except KeyboardInterrupt as exc:
-                # The children had the signal too: those in training stop after their batch. Start no more.
-                failure = failure or exc
-                queue.clear()
-                print(f"interrupted: waiting for {len(running)} run(s) to stop (Ctrl-C again to quit at once)",
-                      flush=True)
-                continue
-            for conn in ready:
+            for conn in wait(list(running)):
                 index, process, label = running.pop(conn)
                 try:
                     status, value = conn.recv()
@@ -117,18 +124,13 @@ def run_parallel(fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple]], job
                 if status == "ok":
                     results[index] = value
                     print(f"finished {label}", flush=True)
-                elif failure is None:
-                    failure = value
+                elif not failure:
+                    failure.append(value)
                     if running:
                         print(f"{label} failed; waiting for {len(running)} run(s) under way", flush=True)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if failure is not None:
-        raise failure
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if failure:
+        raise failure[0]
     return results
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()

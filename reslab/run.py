@@ -16,7 +16,7 @@ import yaml
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import TrainConfig
 from .datasets import Dataset, load_dataset
-from .distributed import Context, from_environment
+from .distributed import Context, from_environment, is_main_process
 from .errors import ReslabError
 from .evaluate import evaluate
 from .loader import TensorLoader, channel_stats, stratified_split
@@ -138,7 +138,7 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     is touched. Under torchrun, every rank trains and rank 0 alone writes files and talks to W&B.
     """
     run_dir = config.run_dir
-    main_process = int(os.environ.get("RANK", "0")) == 0   # torchrun's rank 0, or a plain process
+    main_process = is_main_process()   # torchrun's rank 0, or a plain process
     if main_process:
         check_run_dir(run_dir, resume, overwrite)
     resume_state = None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ import yaml
 
 from . import analysis, transfer
 from .config import TrainConfig, check_keys, load_yaml
-from .datasets import DatasetSpec, get_spec
+from .datasets import DatasetSpec, ensure_files, get_spec
+from .distributed import is_main_process, launched_by_torchrun
 from .errors import ConfigError, DataError, ReslabError
 from .jobs import run_parallel
 from .models import build_model, list_models, model_arguments
@@ -290,14 +290,14 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
-    if jobs > 1 and "WORLD_SIZE" in os.environ:
+    if jobs > 1 and launched_by_torchrun():
         raise ConfigError("--jobs cannot be combined with torchrun: under torchrun every run already uses all ranks")
     experiment = load_experiment(name, profile)
-    if experiment.get("kind", "train") != "train" and "WORLD_SIZE" in os.environ:
+    if experiment.get("kind", "train") != "train" and launched_by_torchrun():
         raise ConfigError(f"{experiment['name']} is a transfer experiment: run it without torchrun")
     out = Path(overrides.pop("out", "runs"))
     folder = Path(folder) if folder is not None else out / experiment["name"]
-    main_process = _is_main()
+    main_process = is_main_process()
     if main_process:
         print(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==",
               flush=True)
@@ -328,11 +328,6 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     return {**status, "folder": str(folder), "report": str(report)}
 
 
-def _is_main() -> bool:
-    """Whether this process writes an experiment's files: always, except on the ranks of torchrun other than 0."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any], folder: Path,
                              overwrite: bool, jobs: int = 1) -> list[str]:
     """Every model x seed through run_training (`jobs` at a time), then the analyses; return the run folder names."""
@@ -344,21 +339,25 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     pairs_by_seed = [train_configs(experiment, seed, overrides, folder) for seed in range(seeds)]
     configs = [config for pairs in pairs_by_seed for _, config in pairs]
     if jobs > 1 and len(configs) > 1:
+        # Fetch missing files once, here: runs side by side would all download the same files at once.
+        for dataset, data_dir in {(c.dataset, c.data_dir) for c in configs}:
+            ensure_files(dataset, data_dir)
         # Seed-major order: with fewer slots than runs, the first seed's models finish first.
         tasks = [(config.run_name, (config, overwrite)) for config in configs]
         print(f"-- {experiment['name']}: {len(tasks)} runs, {min(jobs, len(tasks))} at a time", flush=True)
         summaries = run_parallel(train_run, tasks, jobs)
+        # A signal stops them all (run_parallel raises); a run stopped on its own ends the study here, after the rest.
         if any(summary["stopped_by"] == "interrupted" for summary in summaries):
             raise KeyboardInterrupt
     else:
         for seed, pairs in enumerate(pairs_by_seed):
             for label, config in pairs:
-                if _is_main():
+                if is_main_process():
                     print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
                 if train_run(config, overwrite)["stopped_by"] == "interrupted":
                     raise KeyboardInterrupt
     runs = [config.run_name for config in configs]
-    if "gradient_flow" in experiment.get("analysis", []) and _is_main():
+    if "gradient_flow" in experiment.get("analysis", []) and is_main_process():
         flows = [analysis.gradient_flow_at_init(dict(pairs)) for pairs in pairs_by_seed]
     if flows:
         (folder / "gradient_flow.json").write_text(json.dumps(flows, indent=2))
@@ -415,7 +414,7 @@ def _finished(run_dir: Path) -> bool:
 def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
             overwrite: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The four reference exercises in order into <out>/lab/, ex2.1 reusing ex1.3's network; then the lab report."""
-    if "WORLD_SIZE" in os.environ:
+    if launched_by_torchrun():
         raise ConfigError("the lab cannot run under torchrun (its transfer exercise runs in one process); "
                           "run its training exercises with `torchrun ... -m reslab run NAME`")
     overrides = dict(overrides or {})

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import FORMAT, read_checkpoint, save_atomic
 from .config import TrainConfig
+from .errors import ConfigError
 from .loader import TensorLoader
 from .tracking import Tracker
 
@@ -175,6 +176,9 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
     weights. `distributed` (a reslab.distributed.Context) all-reduces the epoch sums across ranks.
     """
     device = train_loader.device
+    if len(train_loader) == 0:
+        raise ConfigError(f"no training images for this process: the training split has too few for "
+                          f"{train_loader.world_size} rank(s)")
     model.to(device)
     optimizer = make_optimizer(model, config, device)
     stopper = EarlyStopping.from_config(config)
@@ -258,7 +262,7 @@ def _checkpoint(model: nn.Module, meta: dict[str, Any], config: TrainConfig, rec
 
 def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
                  signals: StopSignals, grad_params: list | None, distributed: Any) -> dict[str, Any]:
-    """One pass over the training data; loss and accuracy sums stay on the device until the end."""
+    """One pass over the training data; per-batch results stay on the device and are read once at the end."""
     model.train()
     device = loader.device
     # Per-batch results are kept as device tensors and combined once at the end of the epoch: one small op per
@@ -289,21 +293,21 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
             if signals.requested:
                 return {"interrupted": True}
     batch_losses = torch.stack(losses)
-    bad = torch.nonzero(~batch_losses.isfinite())
-    nan_batch = int(bad[0, 0]) if len(bad) else -1
-    if distributed is not None and distributed.any(nan_batch >= 0):
-        nan_batch = max(nan_batch, 0)
-    if nan_batch >= 0:
-        return {"nan_batch": nan_batch + 1}
+    bad = ~batch_losses.isfinite()
+    first_bad = torch.where(bad.any(), bad.int().argmax(), -1)   # argmax: the first bad batch
     # Every batch is full but the last: weight the last batch's mean loss by its own size.
     seen = loader.num_samples
     last = seen - (len(loader) - 1) * loader.batch_size
     loss_sum = batch_losses[:-1].sum() * loader.batch_size + batch_losses[-1] * last
     hits = (torch.cat(predictions) == torch.cat(targets)).sum()
-    totals = torch.stack([loss_sum, hits.to(loss_sum.dtype), torch.tensor(float(seen), device=device)])
-    if distributed is not None:
+    totals = torch.stack([loss_sum, hits.to(loss_sum.dtype), torch.tensor(float(seen), device=device),
+                          bad.sum().to(loss_sum.dtype)])
+    if distributed is not None:   # summed over ranks, so every rank sees a bad batch of any rank
         totals = distributed.all_reduce_sum(totals)
-    loss_total, correct_total, count = totals.tolist()   # the one host sync per epoch
+    # The one host sync of the epoch.
+    loss_total, correct_total, count, bad_total, first = torch.cat([totals, first_bad.view(1).float()]).tolist()
+    if bad_total > 0:
+        return {"nan_batch": int(first) + 1 if first >= 0 else 1}
     result: dict[str, Any] = {"loss": loss_total / count, "accuracy": correct_total / count}
     if grad_sums is not None:
         norms = (grad_sums / max(len(loader), 1)).tolist()

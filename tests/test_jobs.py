@@ -76,8 +76,9 @@ def test_the_first_error_stops_new_runs_and_is_raised(capfd):
     assert "started t6" not in out       # and nothing new started after the failure
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_signal_to_the_group_stops_every_run_politely(tmp_path, tiny_data, sig):
+@pytest.mark.parametrize("sig, send", [(signal.SIGINT, os.killpg), (signal.SIGTERM, os.kill)],
+                         ids=["ctrl-c to the group", "kill PID"])
+def test_a_signal_stops_every_run_politely(tmp_path, tiny_data, sig, send):
     args = [sys.executable, "-m", "reslab", "run", "ex1", "--seeds", "2", "--jobs", "2", "--epochs", "10000",
             "--no-stagnation-stop", "--no-overfit-stop", "--batch-size", "8", "--wandb", "disabled",
             "--data-dir", str(tiny_data), "--out", str(tmp_path)]
@@ -88,10 +89,10 @@ def test_a_signal_to_the_group_stops_every_run_politely(tmp_path, tiny_data, sig
     deadline = time.time() + 120
     while time.time() < deadline and not all((d / "last.pth").is_file() for d in folders):
         time.sleep(0.05)
-    os.killpg(proc.pid, sig)   # as Ctrl-C in a terminal, or `timeout` (bench/gpu_lab.sh's deadline)
+    send(proc.pid, sig)   # as Ctrl-C in a terminal (or `timeout`: the group), or `kill PID` (the parent alone)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted: waiting for 2 run(s) to stop" in out
+    assert "interrupted: stopping 2 run(s) after their batch" in out
     for run_dir in folders:   # each run kept its best weights and says how it ended
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["stopped_by"] == "interrupted" and summary["epochs_run"] >= 1
@@ -102,3 +103,13 @@ def test_jobs_under_torchrun_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="torchrun"):
         study.run_experiment("ex1", overrides={"out": str(tmp_path)}, jobs=2)
+
+
+def test_missing_data_is_found_before_any_process_starts(tmp_path, monkeypatch, capfd):
+    """Runs side by side would each download the same files at once: the parent fetches them first."""
+    monkeypatch.setenv("RESLAB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    result = study.run_experiment("ex1", seeds=2, jobs=2,
+                                  overrides={"data_dir": str(tmp_path / "empty"), "out": str(tmp_path / "runs")})
+    assert result["status"] == "not run" and "downloads are off" in result["reason"]
+    assert "started" not in capfd.readouterr().out
