@@ -38,6 +38,12 @@ FORBIDDEN_OVERRIDES = {"model": "edit the experiment's `models` list in a copy o
                        "seed": "use --seeds N for seeds 0..N-1", "name": "run folders are named by the study"}
 
 
+def say(message: str) -> None:
+    """A line about the study on the console; under torchrun, from rank 0 alone."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def list_experiments() -> list[tuple[str, str]]:
     """(name, description) of every experiment shipped with reslab."""
     paths = sorted(EXPERIMENTS_DIR.glob("*.yaml"), key=lambda p: p.stem)
@@ -260,9 +266,9 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             if summary["stopped_by"] != "interrupted":
-                print(f"reusing finished run {run_dir}", flush=True)
+                say(f"reusing finished run {run_dir}")
                 return summary
-        print(f"resuming {run_dir}", flush=True)
+        say(f"resuming {run_dir}")
         return run_training(config, resume=True)
     # A folder without summary or last.pth holds no finished epoch: nothing is lost by replacing it.
     return run_training(config, overwrite=True if run_dir.exists() else overwrite)
@@ -298,9 +304,7 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     out = Path(overrides.pop("out", "runs"))
     folder = Path(folder) if folder is not None else out / experiment["name"]
     main_process = is_main_process()
-    if main_process:
-        print(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==",
-              flush=True)
+    say(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==")
     start = time.perf_counter()
     status = {"experiment": experiment["name"], "description": experiment.get("description", ""), "profile": profile,
               "seeds": seeds, "status": "done", "reason": None, "runs": []}
@@ -317,14 +321,14 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
             status["runs"] = _run_transfer_experiment(experiment, seeds, overrides, folder, overwrite)
     except DataError as exc:
         status.update(status="not run", reason=str(exc))
-        print(f"{experiment['name']}: not run: {exc}", flush=True)
+        say(f"{experiment['name']}: not run: {exc}")
     status["wall_seconds"] = round(time.perf_counter() - start, 1)
     if not main_process:
         return {**status, "folder": str(folder), "report": None}
     (folder / "study.json").write_text(json.dumps(status, indent=2))
     from .report import write_report
     report = write_report(folder)
-    print(f"{experiment['name']}: {status['status']} in {status['wall_seconds']:.0f}s; report: {report}", flush=True)
+    say(f"{experiment['name']}: {status['status']} in {status['wall_seconds']:.0f}s; report: {report}")
     return {**status, "folder": str(folder), "report": str(report)}
 
 
@@ -335,7 +339,7 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     taken = {k for entry in experiment["models"] for k in model_arguments(entry["model"])}
     unused = set(overrides.get("model_args", {})) - taken
     if unused:
-        print(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there", flush=True)
+        say(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there")
     pairs_by_seed = [train_configs(experiment, seed, overrides, folder) for seed in range(seeds)]
     configs = [config for pairs in pairs_by_seed for _, config in pairs]
     if jobs > 1 and len(configs) > 1:
@@ -344,7 +348,7 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
             ensure_files(dataset, data_dir)
         # Seed-major order: with fewer slots than runs, the first seed's models finish first.
         tasks = [(config.run_name, (config, overwrite)) for config in configs]
-        print(f"-- {experiment['name']}: {len(tasks)} runs, {min(jobs, len(tasks))} at a time", flush=True)
+        say(f"-- {experiment['name']}: {len(tasks)} runs, {min(jobs, len(tasks))} at a time")
         summaries = run_parallel(train_run, tasks, jobs)
         # A signal stops them all (run_parallel raises); a run stopped on its own ends the study here, after the rest.
         if any(summary["stopped_by"] == "interrupted" for summary in summaries):
@@ -352,8 +356,7 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     else:
         for seed, pairs in enumerate(pairs_by_seed):
             for label, config in pairs:
-                if is_main_process():
-                    print(f"-- {experiment['name']}: {label} seed {seed}", flush=True)
+                say(f"-- {experiment['name']}: {label} seed {seed}")
                 if train_run(config, overwrite)["stopped_by"] == "interrupted":
                     raise KeyboardInterrupt
     runs = [config.run_name for config in configs]
@@ -378,10 +381,10 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
             checkpoint = Path(experiment["source"]["checkpoint"])
         elif "experiment" in experiment["source"] and _finished(src.run_dir):
             # Another experiment's network is reused as it was trained there, whatever its settings.
-            print(f"-- {experiment['name']}: reusing source {src.run_dir}", flush=True)
+            say(f"-- {experiment['name']}: reusing source {src.run_dir}")
             checkpoint = src.run_dir / "best_model.pth"
         else:
-            print(f"-- {experiment['name']}: training source {src.run_name} in {src.run_dir}", flush=True)
+            say(f"-- {experiment['name']}: training source {src.run_name} in {src.run_dir}")
             # Never replace another experiment's run: --overwrite is for this experiment's folders.
             if train_run(src, overwrite and "train" in experiment["source"])["stopped_by"] == "interrupted":
                 raise KeyboardInterrupt
@@ -392,12 +395,12 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
             wanted = transfer.run_settings(method, target, settings, checkpoint)
             if not overwrite and _finished(run_dir):
                 check_same_settings(run_dir, wanted)
-                print(f"reusing finished run {run_dir}", flush=True)
+                say(f"reusing finished run {run_dir}")
             else:
                 todo.append(method)
             runs.append(run_dir.name)
         if todo:
-            print(f"-- {experiment['name']}: {', '.join(todo)} seed {seed} from {checkpoint}", flush=True)
+            say(f"-- {experiment['name']}: {', '.join(todo)} seed {seed} from {checkpoint}")
             summaries = transfer.run_transfer(checkpoint, data, target, settings, folder, todo)
             if any(s.get("stopped_by") == "interrupted" for s in summaries.values()):
                 raise KeyboardInterrupt
@@ -428,6 +431,6 @@ def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | N
     report = write_report(lab)
     for result in results:
         line = result["status"] + (f": {result['reason']}" if result["reason"] else "")
-        print(f"{result['experiment']:8s} {line}", flush=True)
-    print(f"lab finished in {record['wall_seconds']:.0f}s; report: {report}", flush=True)
+        say(f"{result['experiment']:8s} {line}")
+    say(f"lab finished in {record['wall_seconds']:.0f}s; report: {report}")
     return {**record, "results": results, "report": str(report)}
