@@ -250,8 +250,9 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace existing run folders")
         p.add_argument("--jobs", type=int, default=1,
                        help="train up to N runs of a training experiment at once, each in its own process on "
-                            "the same device (default 1); a GPU that one small model leaves mostly idle gets "
-                            "through a study sooner (transfer experiments run one step at a time)")
+                            "the same device (default 1): a GPU that one small model leaves mostly idle gets "
+                            "through a study sooner; on a CPU they only share the cores (transfer experiments "
+                            "run one step at a time)")
         _train_options(p)
         p.set_defaults(func=func)
 
