@@ -136,33 +136,24 @@ def test_idx_truncated_gzip(tmp_path):
     _assert_names(exc, path, "not a complete gzip file")
 
 
-def test_idx_wrong_image_size(tmp_path):
-    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
-    path = dest / "train-images-idx3-ubyte"
-    path.write_bytes(idx_bytes(np.zeros((30, 27, 28), np.uint8)))
-    with pytest.raises(DataError) as exc:
-        load_dataset("mnist", tmp_path, download=False)
-    _assert_names(exc, path, "27x28", "expected 28x28")
-
-
-def test_idx_label_count_mismatch(tmp_path):
-    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
-    path = dest / "t10k-labels-idx1-ubyte"
-    path.write_bytes(idx_bytes(np.zeros(9, np.uint8)))
-    with pytest.raises(DataError) as exc:
-        load_dataset("mnist", tmp_path, download=False)
-    _assert_names(exc, path, "9 labels for 10 images")
-
-
-def test_idx_labels_out_of_range(tmp_path):
-    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
-    path = dest / "train-labels-idx1-ubyte"
+def _bad_labels() -> np.ndarray:
     labels = np.arange(30, dtype=np.uint8) % 10
     labels[7] = 10
-    path.write_bytes(idx_bytes(labels))
+    return labels
+
+
+@pytest.mark.parametrize("filename, array, phrases", [
+    ("train-images-idx3-ubyte", np.zeros((30, 27, 28), np.uint8), ("27x28", "expected 28x28")),
+    ("t10k-labels-idx1-ubyte", np.zeros(9, np.uint8), ("9 labels for 10 images",)),
+    ("train-labels-idx1-ubyte", _bad_labels(), ("0..10", "expected 0..9")),
+], ids=["wrong image size", "label count mismatch", "labels out of range"])
+def test_idx_files_with_wrong_contents(tmp_path, filename, array, phrases):
+    dest = write_idx_dataset(tmp_path, n_train=30, n_test=10, gz=False)
+    path = dest / filename
+    path.write_bytes(idx_bytes(array))
     with pytest.raises(DataError) as exc:
         load_dataset("mnist", tmp_path, download=False)
-    _assert_names(exc, path, "0..10", "expected 0..9")
+    _assert_names(exc, path, *phrases)
 
 
 # ---------------------------------------------------------------- CIFAR
