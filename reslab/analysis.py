@@ -1,8 +1,6 @@
 """Gradient flow: per-layer gradient L2 norms of a network at initialization and during training."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,8 +46,7 @@ def gradient_flow_at_init(configs: dict[str, TrainConfig]) -> dict:
     return {"seed": first.seed, "dataset": data.name, "batch_size": len(y), "models": models}
 
 
-def epoch_grad_norms(run_dir: Path, layers: dict[str, str]) -> dict[str, list[float]]:
-    """Per-epoch mean gradient norm of each layer (label -> weight name) from a run's metrics.jsonl."""
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+def epoch_grad_norms(records: list[dict], layers: dict[str, str]) -> dict[str, list[float]]:
+    """Per-epoch mean gradient norm of each layer (label -> weight name) from a run's metrics.jsonl records."""
     return {label: [r[GRAD_PREFIX + name] for r in records if GRAD_PREFIX + name in r]
             for label, name in layers.items()}

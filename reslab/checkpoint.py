@@ -36,6 +36,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a reslab checkpoint dict (weights only: no pickled code runs)."""
     path = Path(path)
+    if path.is_dir():
+        raise ReslabError(f"{path} is a folder; give a checkpoint file, e.g. {path / 'best_model.pth'}")
     if not path.is_file():
         raise ReslabError(f"checkpoint {path} does not exist")
     try:

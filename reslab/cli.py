@@ -84,6 +84,11 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 MODEL_FLAGS = ("depth", "width", "blocks", "hidden", "dropout")
 
 
+# With --resume, the flags that only say where things are: the run folder (its default name is
+# MODEL[DEPTH]-DATASET-seedN) and the data.
+RUN_LOCATORS = {"out", "name", "model", "dataset", "seed", "model_args", "data_dir"}
+
+
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """TrainConfig settings given on the command line (model flags go into model_args)."""
     values = {k: v for k, v in vars(args).items() if k not in ("command", "func", "debug")}
@@ -113,14 +118,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     if name:
         overrides["name"] = name
     config = build_config(file, overrides)
+    if resume:
+        refuse_changed_settings(config, overrides)
     summary = run_training(config, resume=bool(resume), overwrite=bool(overwrite))
     return 130 if summary["stopped_by"] == "interrupted" else 0
+
+
+def refuse_changed_settings(config: Any, overrides: dict[str, Any]) -> None:
+    """--resume continues a run with its saved settings: a flag that would change one is an error, not ignored."""
+    from .checkpoint import read_checkpoint
+    from .errors import ConfigError
+    last = config.run_dir / "last.pth"
+    if not last.is_file():
+        return   # run_training says what is missing
+    saved = read_checkpoint(last)["config"]
+    changed = sorted(k for k, v in overrides.items() if k not in RUN_LOCATORS and saved.get(k) != v)
+    if changed:
+        raise ConfigError(f"--resume continues the run with its saved settings; "
+                          f"{', '.join(f'{k}={saved.get(k)!r}' for k in changed)} cannot change (drop the flags, "
+                          "or start a new run with --name)")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .run import run_training
-    run_dir = Path(args.run_dir)
+    run_dir = Path(args.run_dir).resolve()   # `reslab resume .` names the folder by its real name
     config = TrainConfig(out=str(run_dir.parent), name=run_dir.name)
     summary = run_training(config, resume=True)
     return 130 if summary["stopped_by"] == "interrupted" else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +71,11 @@ class TrainConfig:
         _check_int(self, "patience", 0)
         _check_int(self, "overfit_patience", 1)
         _check_int(self, "seed", 0)
+        if self.seed > 2 ** 32 - 1:   # what numpy's and torch's generators take
+            raise ConfigError(f"seed must be <= {2 ** 32 - 1}, got {self.seed}")
+        if self.name and (self.name in (".", "..") or Path(self.name).name != self.name):
+            # A name is one folder inside `out`: --overwrite deletes it, so it must never reach outside.
+            raise ConfigError(f"name must be a plain folder name (no '/', '.' or '..'), got {self.name!r}")
         for name in ("train_subset", "threads"):
             if getattr(self, name) is not None:
                 _check_int(self, name, 1)
@@ -84,7 +90,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
             raise ConfigError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
         if self.wandb not in WANDB_MODES:
             raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")

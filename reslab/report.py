@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from . import plots
 from .analysis import epoch_grad_norms
-from .config import TrainConfig
+from .config import TrainConfig, load_yaml
+from .run import read_json, read_jsonl
 from .errors import ReslabError
 from .study import apply_profile
 from .transfer import TransferSettings
@@ -36,7 +35,7 @@ def write_report(folder: str | Path) -> Path:
 
 def lab_report(folder: Path) -> list[str]:
     """The lab's report: its protocol, then one section per exercise in the order they ran."""
-    lab = _read_json(folder / "lab.json")
+    lab = read_json(folder / "lab.json")
     lines = ["# reslab lab report", "",
              f"The reference lab's exercises, run in order by `reslab lab`: profile **{lab['profile']}**, seeds "
              f"{_seed_text(lab['seeds'])}, total wall time {_duration(lab['wall_seconds'])}.", ""]
@@ -46,7 +45,7 @@ def lab_report(folder: Path) -> list[str]:
     lines += ["| Exercise | Status | Runs | Wall time |", "|---|---|---|---|"]
     for name in lab["exercises"]:
         if (folder / name / "study.json").is_file():
-            status = _read_json(folder / name / "study.json")
+            status = read_json(folder / name / "study.json")
             state = status["status"] + (" (the reason is in its section)" if status["reason"] else "")
             lines.append(f"| [{name}](#{_anchor(status)}) | {state} | {len(status['runs'])} | "
                          f"{_duration(status['wall_seconds'])} |")
@@ -70,8 +69,8 @@ def _anchor(status: dict[str, Any]) -> str:
 
 def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
     """Markdown for one experiment folder; figure links are relative to the report (prefix = path to folder)."""
-    status = _read_json(folder / "study.json")
-    definition = yaml.safe_load((folder / "experiment.yaml").read_text())
+    status = read_json(folder / "study.json")
+    definition = load_yaml(folder / "experiment.yaml")
     lines = [f"{level} {status['experiment']}: {status['description']}", ""]
     if status["status"] != "done":
         return lines + [f"**Not run**: {status['reason']}", ""]
@@ -90,18 +89,10 @@ def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
     return lines
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReslabError(f"{path} is missing; the folder is incomplete (rerun the experiment)") from None
-
-
 def _read_run(run_dir: Path) -> dict[str, Any]:
     """A run folder's summary, per-epoch records and label (the folder name without -seedK)."""
-    summary = _read_json(run_dir / "summary.json")
-    metrics = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
+    summary = read_json(run_dir / "summary.json")
+    records = read_jsonl(run_dir / "metrics.jsonl")
     return {"dir": run_dir, "label": run_dir.name.rsplit("-seed", 1)[0], "summary": summary, "records": records}
 
 
@@ -213,7 +204,7 @@ def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, pr
     path = folder / "gradient_flow.json"
     if not path.is_file():
         return []
-    flows = _read_json(path)
+    flows = read_json(path)
     labels = list(flows[0]["models"])
     norms = {label: {} for label in labels}
     for flow in flows:
@@ -236,7 +227,7 @@ def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, pr
     bar = plots.grad_norm_bars(norms, "gradient L2 norm per layer at initialization", figures / "grad_norms_init.png")
     _figure(lines, "gradient norms at initialization", bar, prefix)
     seed0 = {run["label"]: run for run in runs if run["summary"].get("seed") == 0}
-    per_epoch = {label: epoch_grad_norms(seed0[label]["dir"], flows[0]["models"][label]["layers"])
+    per_epoch = {label: epoch_grad_norms(seed0[label]["records"], flows[0]["models"][label]["layers"])
                  for label in labels if label in seed0}
     if any(values for per in per_epoch.values() for values in per.values()):
         lines += ["Per-epoch mean gradient norm during training (seed 0, `grad_2.0_norm/<param>` in "

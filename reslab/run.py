@@ -24,7 +24,8 @@ from .models import build_model
 from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
 from .train import resolve_device, train_model
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best_model.pth", "last.pth")
+# What last.pth holds beyond a best_model.pth: a file without them cannot be resumed.
+RESUME_KEYS = ("optimizer", "early_stopping", "loader", "rng", "history", "best_epoch", "train_seconds")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -144,8 +145,17 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     resume_state = None
     if resume:
         resume_state = read_checkpoint(run_dir / "last.pth")
-        # The folder may have moved since: it, not the saved `out`/`name`, says where the run lives.
-        config = TrainConfig.from_dict({**resume_state["config"], "out": str(run_dir.parent), "name": run_dir.name})
+        missing = [key for key in RESUME_KEYS if key not in resume_state]
+        if missing:
+            raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} holds no training state "
+                              f"({', '.join(missing)} missing); is it a copy of best_model.pth?")
+        if resume_state["best_epoch"] > 0 and not (run_dir / "best_model.pth").is_file():
+            raise ReslabError(f"cannot resume: {run_dir / 'best_model.pth'} (the weights of epoch "
+                              f"{resume_state['best_epoch']}) is missing")
+        # The folder and the data may have moved since: where they are now is what counts.
+        saved = resume_state["config"]
+        config = TrainConfig.from_dict({**saved, "out": str(run_dir.parent), "name": run_dir.name,
+                                        "data_dir": config.data_dir or saved.get("data_dir")})
     seed_everything(config.seed, config.deterministic)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -214,6 +224,26 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     return summary
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a run or study folder; a missing or damaged one is a one-line error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        why = "missing" if isinstance(exc, FileNotFoundError) else "damaged"
+        raise ReslabError(f"{path} is {why}; the folder is incomplete (rerun, with --overwrite to replace it)") from None
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The records of a metrics.jsonl (none when it is missing); a damaged line is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+    except ValueError:
+        raise ReslabError(f"{path} is damaged (a line is not JSON); rerun, with --overwrite to replace it") from None
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temp file and a rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -237,6 +267,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -
 def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
                         device: str = "auto") -> dict[str, Any]:
     """Test a saved model on a dataset's test split (its own dataset by default) with its own normalization."""
+    dev = resolve_device(device)
     model, ckpt = load_checkpoint(path)
     data = load_dataset(dataset or ckpt["dataset"], data_dir)
     if tuple(ckpt["input_shape"]) != data.input_shape or ckpt["num_classes"] != data.num_classes:
@@ -244,7 +275,6 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_dir: 
                           f"({'x'.join(map(str, ckpt['input_shape']))} images, {ckpt['num_classes']} classes); "
                           f"{data.name} has {'x'.join(map(str, data.input_shape))} images and {data.num_classes} "
                           "classes")
-    dev = resolve_device(device)
     norm = ckpt["normalization"]
     loader = TensorLoader(data.test_images, data.test_labels, 1024, norm["mean"], norm["std"], device=dev)
     metrics = evaluate(model.to(dev), loader, data.num_classes)

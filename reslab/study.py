@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from .distributed import is_main_process, launched_by_torchrun
 from .errors import ConfigError, DataError, ReslabError
 from .jobs import run_parallel
 from .models import build_model, list_models, model_arguments
-from .run import run_training
+from .run import read_json, run_training, write_json_atomic
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
@@ -264,7 +263,7 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
     if not overwrite and (run_dir / "config.yaml").is_file() and started:
         check_same_settings(run_dir, wanted)
         if summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
+            summary = read_json(summary_path)
             if summary["stopped_by"] != "interrupted":
                 say(f"reusing finished run {run_dir}")
                 return summary
@@ -276,7 +275,7 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
 
 def check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
     """Refuse to reuse a run folder whose saved settings differ from the wanted ones."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    saved = load_yaml(run_dir / "config.yaml")
     for key, value in wanted.items():
         if saved.get(key) != value:
             raise ReslabError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, this one wants {value!r}; "
@@ -325,7 +324,7 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     status["wall_seconds"] = round(time.perf_counter() - start, 1)
     if not main_process:
         return {**status, "folder": str(folder), "report": None}
-    (folder / "study.json").write_text(json.dumps(status, indent=2))
+    write_json_atomic(folder / "study.json", status)
     from .report import write_report
     report = write_report(folder)
     say(f"{experiment['name']}: {status['status']} in {status['wall_seconds']:.0f}s; report: {report}")
@@ -363,7 +362,7 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     if "gradient_flow" in experiment.get("analysis", []) and is_main_process():
         flows = [analysis.gradient_flow_at_init(dict(pairs)) for pairs in pairs_by_seed]
     if flows:
-        (folder / "gradient_flow.json").write_text(json.dumps(flows, indent=2))
+        write_json_atomic(folder / "gradient_flow.json", flows)
     return runs
 
 
@@ -411,7 +410,7 @@ def _finished(run_dir: Path) -> bool:
     """Whether a transfer run folder holds a result that was not cut short."""
     if not (run_dir / "summary.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
-    return json.loads((run_dir / "summary.json").read_text()).get("stopped_by") != "interrupted"
+    return read_json(run_dir / "summary.json").get("stopped_by") != "interrupted"
 
 
 def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
@@ -426,7 +425,7 @@ def run_lab(seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | N
     results = [run_experiment(name, seeds, profile, overrides, overwrite, folder=lab / name, jobs=jobs) for name in LAB]
     record = {"exercises": list(LAB), "profile": profile, "seeds": seeds,
               "wall_seconds": round(time.perf_counter() - start, 1)}
-    (lab / "lab.json").write_text(json.dumps(record, indent=2))
+    write_json_atomic(lab / "lab.json", record)
     from .report import write_report
     report = write_report(lab)
     for result in results:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .checkpoint import FORMAT, read_checkpoint, save_atomic
 from .config import TrainConfig
-from .errors import ConfigError
+from .errors import ConfigError, ReslabError
 from .loader import TensorLoader
 from .tracking import Tracker
 
@@ -116,14 +116,22 @@ class StopSignals:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for 'auto'; otherwise the named device."""
+    """cuda, then mps, then cpu for 'auto'; otherwise the named device, which must exist on this machine."""
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name}: this machine has no CUDA device for torch {torch.__version__} "
+                          "(use --device cpu, or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not mps:
+        raise ConfigError(f"device {name}: MPS is not available here (use --device cpu, or auto)")
+    return device
 
 
 def capture_rng() -> dict[str, Any]:
@@ -183,7 +191,6 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
     optimizer = make_optimizer(model, config, device)
     stopper = EarlyStopping.from_config(config)
     history = History()
-    best_state = copy.deepcopy(model.state_dict())
     run_dir = Path(run_dir) if run_dir is not None else None
     meta = dict(checkpoint_meta or {})
     first_epoch = 1
@@ -196,10 +203,14 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
         history.epochs = list(resume["history"])
         history.best_epoch = resume["best_epoch"]
         history.train_seconds = resume["train_seconds"]
-        # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
-        if run_dir is not None and (run_dir / "best_model.pth").is_file():
-            best_state = read_checkpoint(run_dir / "best_model.pth")["state_dict"]
         first_epoch = resume["epoch"] + 1
+    best_state = copy.deepcopy(model.state_dict())
+    if resume is not None and history.best_epoch > 0 and run_dir is not None:
+        # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
+        best_path = run_dir / "best_model.pth"
+        if not best_path.is_file():
+            raise ReslabError(f"cannot resume: {best_path} (the weights of epoch {history.best_epoch}) is missing")
+        best_state = read_checkpoint(best_path)["state_dict"]
     step_model = distributed.wrap(model) if distributed is not None else model
     if config.compile:
         step_model = torch.compile(step_model)

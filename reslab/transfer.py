@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from .datasets import Dataset, load_dataset
 from .errors import ConfigError, ReslabError
 from .evaluate import classification_metrics, evaluate
 from .loader import TensorLoader
-from .run import (checkpoint_meta, hardware_name, make_loaders, prepare_run_dir, print_summary, run_facts,
-                  seed_everything, split_indices)
+from .run import (checkpoint_meta, hardware_name, make_loaders, prepare_run_dir, print_summary, read_json,
+                  run_facts, seed_everything, split_indices, write_json_atomic)
 from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
 from .train import resolve_device, train_model
 
@@ -154,7 +153,7 @@ def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, sett
     source_summary = Path(checkpoint_path).parent / "summary.json"
     # Kept with every result, so a report needs no file outside the transfer's own run folders.
     source = {"source_dataset": ckpt["dataset"], "source_checkpoint": str(checkpoint_path),
-              "source_test_accuracy": json.loads(source_summary.read_text())["test_accuracy"]
+              "source_test_accuracy": read_json(source_summary)["test_accuracy"]
               if source_summary.is_file() else None}
     summaries = {}
     probes = [m for m in methods if m in PROBES]
@@ -202,7 +201,7 @@ def probe_runs(model: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
         prepare_run_dir(run_dir, resume=False, overwrite=True)
         settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
         (run_dir / "config.yaml").write_text(yaml.safe_dump(settings_used, sort_keys=False))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(run_dir / "summary.json", summary)
         if config.wandb != "disabled":   # a one-point W&B run, so the group's charts show the probes too
             wandb = WandbTracker(config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
             wandb.start(settings_used)
@@ -285,7 +284,7 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
                    "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"]}
         if last.nan_at:
             summary["nan_at"] = last.nan_at
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(run_dir / "summary.json", summary)
         trackers.log_summary(summary)
         exit_code = 0
     finally:

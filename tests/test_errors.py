@@ -183,3 +183,59 @@ def test_not_a_checkpoint(tmp_path, capsys):
 def test_debug_flag_shows_traceback(data, tmp_path, capsys):
     assert main(_run(data, tmp_path / "runs", "--model", "nope", "--debug")) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_run_name_cannot_reach_outside_the_output_folder(data, tmp_path, capsys):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "file.txt").write_text("mine")
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--name", "..", "--overwrite"), capsys, tmp_path)
+    assert "plain folder name" in err and (keep / "file.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda:abc", "device must be one of"),
+    ("mps", "MPS is not available"),
+    ("cuda", "no CUDA device"),
+])
+def test_a_device_this_machine_lacks(data, tmp_path, capsys, device, message):
+    import torch
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if device == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--device", device), capsys, tmp_path)
+    assert message in err
+
+
+def test_seed_out_of_range(data, tmp_path, capsys):
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--seed", str(2 ** 32)), capsys, tmp_path)
+    assert "seed must be <= 4294967295" in err
+
+
+def test_resume_mistakes(data, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(_run(data, out)) == 0
+    run_dir = out / "mlp-mnist-seed0"
+    capsys.readouterr()
+    err = _fails_cleanly(_run(data, out, "--resume", "--epochs", "5"), capsys, tmp_path)
+    assert "epochs=1 cannot change" in err
+    shutil.copy(run_dir / "last.pth", tmp_path / "last.pth")
+    shutil.copy(run_dir / "best_model.pth", run_dir / "last.pth")        # not a last.pth
+    err = _fails_cleanly(["resume", str(run_dir)], capsys, tmp_path)
+    assert "holds no training state" in err
+    shutil.copy(tmp_path / "last.pth", run_dir / "last.pth")
+    (run_dir / "best_model.pth").unlink()                                # the best weights are gone
+    err = _fails_cleanly(["resume", str(run_dir)], capsys, tmp_path)
+    assert "best_model.pth (the weights of epoch 1) is missing" in err
+
+
+def test_a_damaged_summary_in_a_study_folder(tmp_path, capsys):
+    from fakedata import write_all
+    data = write_all(tmp_path / "d")
+    out = tmp_path / "runs"
+    assert main(["run", "ex1", "--epochs", "1", "--wandb", "disabled", "--data-dir", str(data), "--out", str(out)]) == 0
+    (out / "ex1" / "mlp-seed0" / "summary.json").write_text('{"test_acc')
+    capsys.readouterr()
+    err = _fails_cleanly(["report", str(out / "ex1")], capsys)
+    assert "summary.json is damaged" in err
