@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """What train_model's per-epoch checkpoint costs: last.pth (every epoch) and best_model.pth, by model size.
 
-last.pth is built exactly as reslab.train.train_model builds it (weights, Adam state, early-stopping and loader
-state, RNG states, history, a deepcopy of the best weights) and written with reslab.checkpoint.save_atomic
-(torch.save to a temp file, flush + fsync, rename). Also timed: the same bytes without fsync, torch.save into
-memory only, and last.pth without the best weights inside it (best_model.pth already holds them).
+last.pth is built by reslab.train.last_checkpoint, as train_model builds it (weights, Adam state, early-stopping
+and loader state, RNG states, history; not the best weights, which best_model.pth holds) and written with
+reslab.checkpoint.save_atomic (torch.save to a temp file, flush + fsync, rename). Also timed: the same bytes
+without fsync, and torch.save into memory only.
 
     python bench/checkpoint_cost.py [--dir /tmp] [--repeat 7]
 """
@@ -28,7 +28,7 @@ from reslab.checkpoint import save_atomic  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.loader import TensorLoader  # noqa: E402
 from reslab.models import build_model  # noqa: E402
-from reslab.train import EarlyStopping, _checkpoint, capture_rng  # noqa: E402
+from reslab.train import EarlyStopping, History, _checkpoint, last_checkpoint, make_optimizer  # noqa: E402
 
 MODELS = [("mlp", (1, 28, 28), {}), ("resmlp", (1, 28, 28), {}), ("rescnn", (3, 32, 32), {"width": 16}),
           ("rescnn", (3, 32, 32), {}), ("rescnn", (3, 32, 32), {"depth": 8})]
@@ -51,13 +51,13 @@ def main() -> int:
     run_dir = Path(folder.name)
     print(f"writing in {run_dir}; ms per write, median [min-max] of {args.repeat}")
     print(f"  {'model':<34} {'params':>9} {'last MiB':>8} {'last.pth':>18} {'no fsync':>16} {'in memory':>16} "
-          f"{'w/o best':>16} {'best_model':>16}")
+          f"{'best_model':>16}")
     for name, shape, model_args in MODELS:
         model = build_model(name, shape, 10, **model_args)
-        optimizer = torch.optim.Adam(model.parameters())
+        config = TrainConfig(model=name, model_args=model_args)
+        optimizer = make_optimizer(model, config, torch.device("cpu"))
         model(torch.randn(2, *shape)).sum().backward()
         optimizer.step()                                   # Adam state exists, as after the first epoch
-        config = TrainConfig(model=name, model_args=model_args)
         loader = TensorLoader(np.zeros((4, *shape), np.uint8), np.zeros(4, np.int64), 2, [0.5] * shape[0],
                               [0.5] * shape[0])
         record = {"epoch": 10, "train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.9,
@@ -65,24 +65,20 @@ def main() -> int:
         meta = {"dataset": "x", "input_shape": list(shape), "num_classes": 10, "classes": [str(i) for i in range(10)],
                 "normalization": {"mean": [0.5], "std": [0.5]}}
 
-        def last_dict(with_best: bool = True) -> dict:
-            last = _checkpoint(model, meta, config, record)
-            last.update(optimizer=optimizer.state_dict(), early_stopping=EarlyStopping().state_dict(),
-                        loader=loader.state_dict(), rng=capture_rng(), history=[record] * 10, best_epoch=10,
-                        train_seconds=10.0, wandb_id=None)
-            if with_best:
-                last["best_state_dict"] = copy.deepcopy(model.state_dict())
-            return last
+        history = History(epochs=[record] * 10, best_epoch=10, train_seconds=10.0)
+
+        def last_dict() -> dict:
+            return last_checkpoint(_checkpoint(model, meta, config, record), optimizer, EarlyStopping(), loader,
+                                   history, None)
 
         def best() -> None:
-            copy.deepcopy(model.state_dict())
+            copy.deepcopy(model.state_dict())   # as train_model keeps the best weights in memory
             save_atomic(_checkpoint(model, meta, config, record), run_dir / "best_model.pth")
 
         ways = {
             "last.pth": lambda: save_atomic(last_dict(), run_dir / "last.pth"),
             "no fsync": lambda: save_plain(last_dict(), run_dir / "plain.pth"),
             "in memory": lambda: torch.save(last_dict(), io.BytesIO()),
-            "w/o best": lambda: save_atomic(last_dict(with_best=False), run_dir / "nobest.pth"),
             "best_model": best,
         }
         times = {k: [] for k in ways}

@@ -43,8 +43,8 @@ from reslab.checkpoint import save_atomic  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
 from reslab.loader import TensorLoader  # noqa: E402
-from reslab.train import (EarlyStopping, StopSignals, _checkpoint, _train_epoch, autocast_for,  # noqa: E402
-                          capture_rng, evaluate_loss_accuracy, make_optimizer)
+from reslab.train import (EarlyStopping, History, StopSignals, _checkpoint, _train_epoch,  # noqa: E402
+                          autocast_for, evaluate_loss_accuracy, last_checkpoint, make_optimizer)
 
 
 def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bool) -> None:
@@ -103,15 +103,15 @@ def main() -> int:
               "seconds": 1.0}
     signals = StopSignals()
 
+    history = History(epochs=[record] * 10, best_epoch=1, train_seconds=1.0)
+
     def write_last():
-        last = _checkpoint(model, a.meta, config, record)
-        last.update(optimizer=optimizer.state_dict(), early_stopping=stopper.state_dict(),
-                    loader=train_loader.state_dict(), rng=capture_rng(), history=[record] * 10, best_epoch=1,
-                    train_seconds=1.0, best_state_dict=copy.deepcopy(model.state_dict()), wandb_id=None)
+        last = last_checkpoint(_checkpoint(model, a.meta, config, record), optimizer, stopper, train_loader,
+                               history, None)
         save_atomic(last, a.run_dir / "last.pth")
 
     def write_best():
-        copy.deepcopy(model.state_dict())
+        copy.deepcopy(model.state_dict())   # as train_model keeps the best weights in memory on an improving epoch
         save_atomic(_checkpoint(model, a.meta, config, record), a.run_dir / "best_model.pth")
 
     def track():

@@ -82,9 +82,9 @@ sys.path.insert(0, str(REPO))
 
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
-from reslab.loader import channel_stats, stratified_split  # noqa: E402
+from reslab.loader import channel_stats  # noqa: E402
 from reslab.models import build_model  # noqa: E402
-from reslab.run import make_loaders  # noqa: E402
+from reslab.run import hardware_name, make_loaders, split_indices, uses_augmentation  # noqa: E402
 from reslab.tracking import ConsoleTracker, JsonlTracker, Trackers  # noqa: E402
 from reslab.train import autocast_for, make_optimizer, train_model  # noqa: E402
 
@@ -208,14 +208,9 @@ class Split:
 
 def split_like_reslab(data, config: TrainConfig) -> Split:
     """The same indices and statistics as reslab.run.make_loaders (checked against it in the (a) build)."""
-    train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
-    if config.train_subset is not None and config.train_subset < len(train_idx):
-        keep, _ = stratified_split(data.train_labels[train_idx], 1 - config.train_subset / len(train_idx),
-                                   config.seed)
-        train_idx = train_idx[keep]
+    train_idx, val_idx = split_indices(data, config)
     mean, std = channel_stats(data.train_images[train_idx])
-    augment = data.input_shape == (3, 32, 32)
-    return Split(data.train_images, data.train_labels, train_idx, val_idx, mean, std, augment)
+    return Split(data.train_images, data.train_labels, train_idx, val_idx, mean, std, uses_augmentation(data, config))
 
 
 def _sync(device: torch.device) -> None:
@@ -245,8 +240,8 @@ class ReslabPipeline:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loaders = make_loaders(data, config, device, channels_last=channels_last)
-        sizes = (self.loaders["train"].num_samples, len(self.loaders["val"].labels))
-        if sizes != (len(split.train_idx), len(split.val_idx)):
+        if (self.loaders["mean"], self.loaders["std"], self.loaders["augment"]) != (split.mean, split.std,
+                                                                                     split.augment):
             raise RuntimeError("the bench's split differs from reslab.run.make_loaders; update split_like_reslab")
         self.run_dir = tmp
         self.console = io.StringIO()
@@ -665,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             args.threads = 1      # seconds, not figures: one thread is immune to other processes' load
     threads = args.threads or cores
     torch.set_num_threads(threads)                        # the same for (a), (b) and (c)
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cores} CPU cores"
+    hardware = hardware_name(device) + ("" if device.type == "cuda" else f", {cores} cores")
     print(f"reslab epoch speed: device {device} ({hardware}), torch {torch.__version__}, {threads} torch threads "
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
           f"data {args.data_dir}{' (generated, --smoke)' if args.smoke else ''}")

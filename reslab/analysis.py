@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .datasets import load_dataset
+from .datasets import Dataset, load_dataset
 from .models import build_model
 from .run import make_loaders
 
@@ -30,11 +30,13 @@ def init_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: in
     return {label: float(params[name].grad.norm(2)) for label, name in linear_layers(model)}
 
 
-def gradient_flow_at_init(configs: dict[str, TrainConfig]) -> dict:
-    """Per-layer gradient norms of each config's freshly built model on one fixed batch of its training split."""
+def gradient_flow_at_init(configs: dict[str, TrainConfig], data: Dataset | None = None) -> dict:
+    """Per-layer gradient norms of each config's freshly built model on one fixed batch of its training split.
+
+    `data` is the configs' dataset when the caller has it loaded already."""
     # The configs share dataset and seed: every model sees the batch of the first, initialized from that seed.
     first = next(iter(configs.values()))
-    data = load_dataset(first.dataset, first.data_dir)
+    data = data if data is not None else load_dataset(first.dataset, first.data_dir)
     loader = make_loaders(data, first, torch.device("cpu"))["train"]
     x, y = next(iter(loader))   # the seed's first shuffled training batch
     models = {}

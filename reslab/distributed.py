@@ -20,10 +20,6 @@ class Context:
     local_rank: int
     device: torch.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model in DistributedDataParallel, which averages gradients across ranks in backward()."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None

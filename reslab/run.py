@@ -77,12 +77,17 @@ def split_indices(data: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.nd
     return train_idx, val_idx
 
 
+def uses_augmentation(data: Dataset, config: TrainConfig) -> bool:
+    """Random crop + flip: as the config says, else on for 32x32 colour images (CIFAR)."""
+    return config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
+
+
 def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_ctx: Context | None = None,
                  channels_last: bool = False) -> dict[str, Any]:
     """Stratified split, normalization statistics of the train part, and the three loaders."""
     train_idx, val_idx = split_indices(data, config)
     mean, std = channel_stats(data.train_images[train_idx])
-    augment = config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
+    augment = uses_augmentation(data, config)
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     if dist_ctx is not None:
         common.update(rank=dist_ctx.rank, world_size=dist_ctx.world_size)

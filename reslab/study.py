@@ -11,7 +11,7 @@ import yaml
 
 from . import analysis, transfer
 from .config import TrainConfig, check_keys, load_yaml
-from .datasets import DatasetSpec, ensure_files, get_spec
+from .datasets import DatasetSpec, ensure_files, get_spec, load_dataset
 from .distributed import is_main_process, launched_by_torchrun
 from .errors import ConfigError, DataError, ReslabError
 from .jobs import run_parallel
@@ -110,7 +110,10 @@ def validate(definition: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: `models` must be a non-empty list of {{model: NAME, ...}} entries")
         for entry in models:
             _check_model_entry(entry, source)
-        for name in definition.get("analysis", []):
+        analyses = definition.get("analysis", [])
+        if not isinstance(analyses, list):
+            raise ConfigError(f"{source}: analysis must be a list, e.g. [gradient_flow], got {analyses!r}")
+        for name in analyses:
             if name not in ANALYSES:
                 raise ConfigError(f"{source}: unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
         for label, config in train_configs(definition, 0, {}, Path("."), source):
@@ -119,7 +122,8 @@ def validate(definition: dict[str, Any], source: str) -> None:
         for key in ("models", "analysis"):
             if key in definition:
                 raise ConfigError(f"{source}: a transfer experiment has no `{key}`; its network comes from `source`")
-        transfer.TransferSettings.from_dict(definition.get("transfer", {}), f"{source}: transfer")
+        transfer.TransferSettings.from_dict(_check_mapping(definition.get("transfer", {}), f"{source}: transfer"),
+                                            f"{source}: transfer")
         _check_source(definition, source)
         _check_dataset(target_config(definition, 0, {}, Path("."), source).dataset, source)
 
@@ -360,7 +364,8 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
                     raise KeyboardInterrupt
     runs = [config.run_name for config in configs]
     if "gradient_flow" in experiment.get("analysis", []) and is_main_process():
-        flows = [analysis.gradient_flow_at_init(dict(pairs)) for pairs in pairs_by_seed]
+        data = load_dataset(configs[0].dataset, configs[0].data_dir)   # once for every seed
+        flows = [analysis.gradient_flow_at_init(dict(pairs), data) for pairs in pairs_by_seed]
     if flows:
         write_json_atomic(folder / "gradient_flow.json", flows)
     return runs

@@ -49,12 +49,12 @@ class Trackers(Tracker):
 class ConsoleTracker(Tracker):
     """One line per epoch on stdout."""
 
-    def __init__(self, epochs: int, prefix: str = ""):
-        self.epochs, self.prefix = epochs, prefix
+    def __init__(self, epochs: int):
+        self.epochs = epochs
 
     def log_epoch(self, record):
         width = len(str(self.epochs))
-        print(f"{self.prefix}epoch {record['epoch']:>{width}}/{self.epochs}  "
+        print(f"epoch {record['epoch']:>{width}}/{self.epochs}  "
               f"train loss {record['train_loss']:.4f} acc {100 * record['train_accuracy']:.2f}%  "
               f"val loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:.2f}%  "
               f"{record['seconds']:.1f}s", flush=True)

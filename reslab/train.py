@@ -246,10 +246,8 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
                 snapshot = _checkpoint(model, meta, config, record)   # one CPU copy of the weights for both files
                 if improved:
                     save_atomic(snapshot, run_dir / "best_model.pth")
-                save_atomic({**snapshot, "optimizer": optimizer.state_dict(), "early_stopping": stopper.state_dict(),
-                             "loader": train_loader.state_dict(), "rng": capture_rng(), "history": history.epochs,
-                             "best_epoch": history.best_epoch, "train_seconds": history.train_seconds,
-                             "wandb_id": meta.get("wandb_id")}, run_dir / "last.pth")
+                save_atomic(last_checkpoint(snapshot, optimizer, stopper, train_loader, history, meta.get("wandb_id")),
+                            run_dir / "last.pth")
             if reason:
                 stopped_by = reason
                 break
@@ -269,6 +267,14 @@ def _checkpoint(model: nn.Module, meta: dict[str, Any], config: TrainConfig, rec
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "config": config.to_dict(), "epoch": record["epoch"], "val_loss": record["val_loss"],
             "val_accuracy": record["val_accuracy"], **{k: v for k, v in meta.items() if k != "wandb_id"}}
+
+
+def last_checkpoint(snapshot: dict[str, Any], optimizer: torch.optim.Optimizer, stopper: EarlyStopping,
+                    loader: TensorLoader, history: History, wandb_id: str | None) -> dict[str, Any]:
+    """last.pth: a checkpoint (see _checkpoint) plus everything a resume needs, but not the best weights."""
+    return {**snapshot, "optimizer": optimizer.state_dict(), "early_stopping": stopper.state_dict(),
+            "loader": loader.state_dict(), "rng": capture_rng(), "history": history.epochs,
+            "best_epoch": history.best_epoch, "train_seconds": history.train_seconds, "wandb_id": wandb_id}
 
 
 def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,

@@ -90,16 +90,17 @@ def extract_features(model: nn.Module, loader: TensorLoader) -> tuple[np.ndarray
     classifier = model.get_submodule(classifier_name(model))
     batches: list[torch.Tensor] = []
     # The classifier's input is exactly what the layer before it outputs, whatever that layer is called.
-    handle = classifier.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].float().cpu()))
+    # Batches stay on the device until the end: one copy to the host, not one per batch.
+    handle = classifier.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].float()))
     labels = []
     model.eval()
     try:
         for x, y in loader:
             model(x)
-            labels.append(y.cpu())
+            labels.append(y)
     finally:
         handle.remove()
-    return torch.cat(batches).numpy(), torch.cat(labels).numpy()
+    return torch.cat(batches).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def make_probes(settings: TransferSettings) -> dict[str, Any]:

@@ -79,6 +79,8 @@ def test_unknown_key_names_the_closest_one(tmp_path):
     ("kind: transfer\nsource: {experiment: ex1, checkpoint: a.pth}\n", "exactly one of"),
     ("kind: transfer\nsource: {experiment: ex1.3, model: rescnn, depth: 4}\n", "not 4"),
     ("kind: transfer\nsource: {checkpoint: a.pth}\ntransfer: {knn: 5}\n", "did you mean 'knn_k'"),
+    ("kind: transfer\nsource: {checkpoint: a.pth}\ntransfer: 5\n", "transfer must be a mapping"),
+    ("models:\n  - model: mlp\nanalysis: gradient_flow\n", "analysis must be a list"),
 ])
 def test_bad_experiment_files_are_one_line_config_errors(tmp_path, text, message):
     path = tmp_path / "mine.yaml"
