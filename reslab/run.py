@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint, read_checkpoint
 from .config import TrainConfig
 from .datasets import Dataset, load_dataset
 from .distributed import Context, from_environment, is_main_process
-from .errors import ReslabError
+from .errors import ConfigError, ReslabError
 from .evaluate import evaluate
 from .loader import TensorLoader, channel_stats, stratified_split
 from .models import build_model
@@ -72,7 +72,12 @@ def split_indices(data: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.nd
     """The run's stratified train/val split; with train_subset, a stratified subset of the train part."""
     train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
     if config.train_subset is not None and config.train_subset < len(train_idx):
-        keep, _ = stratified_split(data.train_labels[train_idx], 1 - config.train_subset / len(train_idx), config.seed)
+        try:
+            keep, _ = stratified_split(data.train_labels[train_idx], 1 - config.train_subset / len(train_idx),
+                                       config.seed)
+        except ConfigError:   # said in terms of the setting the user gave, not of the fraction derived from it
+            raise ConfigError(f"train_subset {config.train_subset} of {len(train_idx)} training images leaves a "
+                              "class with none or all of its images; use a subset further from both ends") from None
         train_idx = train_idx[keep]
     return train_idx, val_idx
 
@@ -205,15 +210,10 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
         test = evaluate(model, loaders["test"], data.num_classes, config.amp)
         summary = {
             "model": config.model, "model_args": model.reslab_spec["args"], "dataset": data.name,
-            "seed": config.seed, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-            "test_precision": test["precision"], "test_recall": test["recall"], "test_f1": test["f1"],
-            "epochs_run": len(history.epochs), "best_epoch": history.best_epoch,
+            "seed": config.seed, "epochs_run": len(history.epochs), "best_epoch": history.best_epoch,
             "best_val_loss": history.best_val_loss, "stopped_by": history.stopped_by,
-            "train_seconds": round(history.train_seconds, 3), "data_official": data.official,
-            "device": str(device), "hardware": facts["hardware"], "world_size": facts["world_size"],
-            "num_parameters": facts["num_parameters"],
-            "test_per_class_precision": test["per_class_precision"],
-            "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"],
+            "train_seconds": round(history.train_seconds, 3), "world_size": facts["world_size"],
+            **test_summary(test, data, device, facts),
         }
         if history.nan_at:
             summary["nan_at"] = history.nan_at
@@ -247,6 +247,15 @@ def read_jsonl(path: Path) -> list[Any]:
         return [json.loads(line) for line in path.read_text().splitlines() if line]
     except ValueError:
         raise ReslabError(f"{path} is damaged (a line is not JSON); rerun, with --overwrite to replace it") from None
+
+
+def test_summary(test: dict[str, Any], data: Dataset, device: torch.device, facts: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json fields of every trained run: test metrics, data provenance, hardware, model size."""
+    return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_precision": test["precision"],
+            "test_recall": test["recall"], "test_f1": test["f1"], "data_official": data.official,
+            "device": str(device), "hardware": facts["hardware"], "num_parameters": facts["num_parameters"],
+            "test_per_class_precision": test["per_class_precision"],
+            "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"]}
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

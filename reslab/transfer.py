@@ -25,7 +25,7 @@ from .errors import ConfigError, ReslabError
 from .evaluate import classification_metrics, evaluate
 from .loader import TensorLoader
 from .run import (checkpoint_meta, hardware_name, make_loaders, prepare_run_dir, print_summary, read_json,
-                  run_facts, seed_everything, split_indices, write_json_atomic)
+                  run_facts, seed_everything, split_indices, test_summary, write_json_atomic)
 from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
 from .train import resolve_device, train_model
 
@@ -272,17 +272,12 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
         test = evaluate(model, loaders["test"], data.num_classes, config.amp)
         last = histories[-1]
         summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"], "dataset": data.name,
-                   **source, "seed": config.seed,
-                   "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_precision": test["precision"],
-                   "test_recall": test["recall"], "test_f1": test["f1"],
-                   "epochs_run": sum(len(h.epochs) for h in histories),
+                   **source, "seed": config.seed, "epochs_run": sum(len(h.epochs) for h in histories),
                    "best_epoch": sum(len(h.epochs) for h in histories[:-1]) + last.best_epoch,
                    "best_val_loss": last.best_val_loss, "stopped_by": last.stopped_by,
                    "head_epochs": len(histories[0].epochs) if head_epochs else 0,
-                   "train_seconds": round(sum(h.train_seconds for h in histories), 3), "data_official": data.official,
-                   "device": str(device), "hardware": facts["hardware"], "num_parameters": facts["num_parameters"],
-                   "test_per_class_precision": test["per_class_precision"],
-                   "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"]}
+                   "train_seconds": round(sum(h.train_seconds for h in histories), 3),
+                   **test_summary(test, data, device, facts)}
         if last.nan_at:
             summary["nan_at"] = last.nan_at
         write_json_atomic(run_dir / "summary.json", summary)

@@ -239,3 +239,8 @@ def test_a_damaged_summary_in_a_study_folder(tmp_path, capsys):
     capsys.readouterr()
     err = _fails_cleanly(["report", str(out / "ex1")], capsys)
     assert "summary.json is damaged" in err
+
+
+def test_a_train_subset_too_small_to_stratify(data, tmp_path, capsys):
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--train-subset", "1"), capsys, tmp_path)
+    assert "train_subset 1 of" in err and "val_fraction" not in err
