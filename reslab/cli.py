@@ -56,11 +56,14 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("early stopping",
                              "stagnation: stop after PATIENCE epochs without val_loss < best - MIN_DELTA; "
                              "overfitting: stop after OVERFIT_PATIENCE epochs in a row with "
-                             "val_loss > best + OVERFIT_DELTA")
+                             "val_loss > best * (1 + OVERFIT_RATIO) + OVERFIT_DELTA (best: the lowest val loss "
+                             "before that epoch; the older absolute rule is --overfit-ratio 0 --overfit-delta 0.02)")
     g.add_argument("--patience", type=int, default=S, help="stagnation patience in epochs (default 5)")
     g.add_argument("--min-delta", type=float, default=S, help="smallest val-loss drop that counts (default 0)")
     g.add_argument("--overfit-patience", type=int, default=S, help="overfitting epochs in a row (default 3)")
-    g.add_argument("--overfit-delta", type=float, default=S, help="val-loss rise over the best (default 0.02)")
+    g.add_argument("--overfit-ratio", type=float, default=S,
+                   help="val-loss rise over the best, as a fraction of the best (default 0.15)")
+    g.add_argument("--overfit-delta", type=float, default=S, help="val-loss rise over the best, added (default 0)")
     g.add_argument("--no-stagnation-stop", dest="stagnation_stop", action="store_false", default=S,
                    help="switch the stagnation rule off")
     g.add_argument("--no-overfit-stop", dest="overfit_stop", action="store_false", default=S,
@@ -149,20 +152,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .datasets import list_datasets, load_dataset, resolve_data_dir, verify_dataset
+    from .datasets import UNCHECKED, layout_to_read, list_datasets, load_dataset, resolve_data_dir, verify_dataset
     names = args.dataset or list_datasets()
     if args.action == "download":
         for name in names:
             data = load_dataset(name, args.data_dir)
             print(f"{name}: {len(data.train_labels)} train + {len(data.test_labels)} test images in "
-                  f"{resolve_data_dir(args.data_dir)}")
+                  f"{resolve_data_dir(args.data_dir) / data.layout} ({data.provenance})")
         return 0
     all_official = True
     for name in names:
+        layout = layout_to_read(name, args.data_dir)   # None: nothing complete, `reslab train` would download
+        read_folder = resolve_data_dir(args.data_dir) / layout.folder if layout else None
+        all_official &= layout is not None
         for path, status in verify_dataset(name, args.data_dir):
-            print(f"{name:13s} {status:9s}  {path}" if status in ("official", "missing")
-                  else f"{name:13s} {status}  {path}")
-            all_official &= status == "official"
+            read = path.parent == read_folder
+            mark = "  (read by reslab train)" if read else ""
+            print(f"{name:13s} {status:9s}  {path}{mark}" if status in ("official", "missing")
+                  else f"{name:13s} {status}  {path}{mark}")
+            if read and status != UNCHECKED:   # class-name files without an official md5 do not count
+                all_official &= status == "official"
     return 0 if all_official else 1
 
 
@@ -240,8 +249,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("data", help="verify or download datasets",
-                       description="verify: say, file by file, whether the data folder holds the official release "
-                       "(exit 1 if not). download: fetch missing files from the official sources.")
+                       description="verify: list every file of every layout found in the data folder (CIFAR: the "
+                       "binary folder cifar-10-batches-bin / cifar-100-binary and the python folder "
+                       "cifar-10-batches-py / cifar-100-python), one line each, with whether its md5 is the official "
+                       "one, and mark the files `reslab train` reads (the binary layout when both are complete). "
+                       "Exit 0 when, for every dataset asked, the layout that would be read is the official release "
+                       "(class-name files without an official md5 aside); exit 1 otherwise, also when a dataset has no "
+                       "complete layout. download: fetch missing files from the official sources (CIFAR: the python "
+                       "archive) unless a complete layout is present.")
     p.add_argument("action", choices=["verify", "download"])
     p.add_argument("--dataset", nargs="+", help="datasets (default all)")
     p.add_argument("--data-dir", help="folder holding the datasets (default $RESLAB_DATA or ./data)")

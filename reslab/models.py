@@ -1,4 +1,4 @@
-"""The four model families and a registry that builds them by name."""
+"""The model families (MLP, residual MLP, plain CNN, residual CNN and its no-skip twin) and a registry."""
 from __future__ import annotations
 
 import fnmatch
@@ -114,24 +114,29 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two conv3x3-BN, identity skip (a 1x1 projection where the shape changes)."""
+    """ResNet basic block: two conv3x3-BN, identity skip (a 1x1 projection where the shape changes).
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+    With skip=False the block is the same two conv3x3-BN layers and ReLUs without the skip path (no identity,
+    no projection): the ResNet paper's "plain" control."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, skip: bool = True):
         super().__init__()
         self.conv1 = conv3x3(in_ch, out_ch, stride)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_ch))
+        self.shortcut: nn.Module | None = None
+        if skip:
+            self.shortcut = nn.Identity()
+            if stride != 1 or in_ch != out_ch:
+                self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                              nn.BatchNorm2d(out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = self.shortcut(x)
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out += identity
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
         return torch.relu(out)
 
 
@@ -162,7 +167,7 @@ class ResidualCNN(nn.Module):
     """Stem conv3x3-BN-ReLU, BasicBlocks, global average pool, dropout, linear classifier."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int, width: int,
-                 max_width: int, downsamples: int, dropout: float):
+                 max_width: int, downsamples: int, dropout: float, skip: bool = True):
         super().__init__()
         channels = input_shape[0]
         self.stem = nn.Sequential(conv3x3(channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
@@ -172,7 +177,7 @@ class ResidualCNN(nn.Module):
             # whole image before the global pool.
             stride = 2 if 1 <= i <= downsamples else 1
             out_ch = min(in_ch * stride, max_width)
-            blocks.append(BasicBlock(in_ch, out_ch, stride))
+            blocks.append(BasicBlock(in_ch, out_ch, stride, skip))
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -218,12 +223,22 @@ def cnn(input_shape, num_classes, depth=3, width=64, max_width=256, hidden=128, 
 @register_model
 def rescnn(input_shape, num_classes, depth=3, width=64, max_width=256, downsamples=2, dropout=0.2) -> nn.Module:
     """Residual CNN of `depth` BasicBlocks."""
+    return _residual_cnn(input_shape, num_classes, depth, width, max_width, downsamples, dropout, skip=True)
+
+
+@register_model
+def noskipcnn(input_shape, num_classes, depth=3, width=64, max_width=256, downsamples=2, dropout=0.2) -> nn.Module:
+    """rescnn with its skip connections removed: same layers, BatchNorm, widths and pooling."""
+    return _residual_cnn(input_shape, num_classes, depth, width, max_width, downsamples, dropout, skip=False)
+
+
+def _residual_cnn(input_shape, num_classes, depth, width, max_width, downsamples, dropout, skip) -> nn.Module:
     for name, value in (("depth", depth), ("width", width), ("max_width", max_width)):
         _positive(name, value)
     if isinstance(downsamples, bool) or not isinstance(downsamples, int) or downsamples < 0:
         raise ConfigError(f"downsamples must be a non-negative integer, got {downsamples!r}")
     _probability("dropout", dropout)
-    return ResidualCNN(tuple(input_shape), num_classes, depth, width, max_width, downsamples, dropout)
+    return ResidualCNN(tuple(input_shape), num_classes, depth, width, max_width, downsamples, dropout, skip)
 
 
 def _numel(shape) -> int:

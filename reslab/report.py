@@ -80,6 +80,7 @@ def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
     lines += _notes(definition, runs)
     if effective.get("kind", "train") == "train":
         lines += _training_table(runs, reference, targets) + [""]
+        lines += _comparisons(runs, effective.get("compare", []), level)
         lines += _gradient_flow(folder, runs, reference, prefix, level)
         lines += _training_figures(folder, status["experiment"], runs, reference, prefix)
     else:
@@ -123,12 +124,13 @@ def _stopped(runs: list[dict[str, Any]]) -> str:
 
 def _training_table(runs: list[dict[str, Any]], reference: dict, targets: dict) -> list[str]:
     """The reference lab's table (Model | Depth | Epochs | Test Loss | Test Accuracy | Test Precision), mean ± std."""
-    lines = ["| Model | Depth | Epochs | Test Loss | Test Accuracy (%) | Test Precision (%) | Reference (%) | "
-             "Target (%) | Stopped by | Train time (s) |", "|" + "---|" * 10]
+    lines = ["| Model | Depth | Parameters | Epochs | Test Loss | Test Accuracy (%) | Test Precision (%) | "
+             "Reference (%) | Target (%) | Stopped by | Train time (s) |", "|" + "---|" * 11]
     for label, group in _by_label(runs).items():
         s = [r["summary"] for r in group]
         depth = s[0].get("model_args", {}).get("depth", "—")
-        lines.append(f"| {label} | {depth} | {_mean_std([x['epochs_run'] for x in s], 1)} | "
+        lines.append(f"| {label} | {depth} | {_millions(s[0].get('num_parameters'))} | "
+                     f"{_mean_std([x['epochs_run'] for x in s], 1)} | "
                      f"{_mean_std([x['test_loss'] for x in s], 4)} | "
                      f"{_mean_std([100 * x['test_accuracy'] for x in s], 2)} | "
                      f"{_mean_std([100 * x['test_precision'] for x in s], 2)} | "
@@ -137,6 +139,51 @@ def _training_table(runs: list[dict[str, Any]], reference: dict, targets: dict) 
                      f"{_mean_std([x['train_seconds'] for x in s], 1)} |")
     n = len(next(iter(_by_label(runs).values())))
     return lines + ["", f"Mean ± sample std over {n} seed(s). {REFERENCE_NOTE}"]
+
+
+def _millions(count: int | None) -> str:
+    """A parameter count as '1.22 M' ('—' when unknown)."""
+    return "—" if count is None else f"{count / 1e6:.2f} M"
+
+
+def _comparisons(runs: list[dict[str, Any]], pairs: list[list[str]], level: str) -> list[str]:
+    """Per depth, model A minus model B in test accuracy, paired by seed, against the seed-to-seed spread."""
+    if not pairs:
+        return []
+    accuracy: dict[tuple[str, Any], dict[int, float]] = {}
+    params: dict[tuple[str, Any], int | None] = {}
+    for run in runs:
+        s = run["summary"]
+        key = (s["model"], s.get("model_args", {}).get("depth"))
+        accuracy.setdefault(key, {})[s["seed"]] = 100 * s["test_accuracy"]
+        params[key] = s.get("num_parameters")
+    lines = [f"{level}# Does the difference exceed the seed spread?", "",
+             "Test accuracy of A minus B, seed by seed (same seed: same split, batches and augmentation), as mean ± "
+             "sample std over seeds. It *exceeds the spread* when |mean difference| is larger than the larger of "
+             "the two models' sample std over seeds.", "",
+             "| A | B | Depth | Parameters A / B | A − B (points) | Spread (larger std) | Exceeds the spread? |",
+             "|" + "---|" * 7]
+    for a, b in pairs:
+        depths = sorted({d for m, d in accuracy if m == a} & {d for m, d in accuracy if m == b},
+                        key=lambda d: (d is None, d))
+        for depth in depths:
+            acc_a, acc_b = accuracy[(a, depth)], accuracy[(b, depth)]
+            seeds = sorted(set(acc_a) & set(acc_b))
+            diffs = [acc_a[k] - acc_b[k] for k in seeds]
+            spread = max(_std([acc_a[k] for k in seeds]), _std([acc_b[k] for k in seeds]))
+            if len(seeds) < 2:
+                verdict = "cannot tell (one seed)"
+            else:
+                verdict = ("yes, A ahead" if np.mean(diffs) > 0 else "yes, B ahead") \
+                    if abs(np.mean(diffs)) > spread else "no"
+            lines.append(f"| {a} | {b} | {'—' if depth is None else depth} | {_millions(params[(a, depth)])} / "
+                         f"{_millions(params[(b, depth)])} | {_mean_std(diffs, 2) if diffs else '—'} | "
+                         f"{spread:.2f} | {verdict} |")
+    return lines + [""]
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _transfer_table(runs: list[dict[str, Any]], reference: dict, targets: dict) -> list[str]:
@@ -264,11 +311,12 @@ def _notes(definition: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     if definition["profile"] == "quick":
         lines += [f"> **Quick run** (`--profile quick`): shrunk from the full protocol: "
                   f"{_profile_changes(definition)}. Figures are far from full-protocol accuracies.", ""]
-    unofficial = sorted({r["summary"]["dataset"] for r in runs if r["summary"].get("data_official") is False})
+    unofficial = {r["summary"]["dataset"]: r["summary"].get("data_provenance") for r in runs
+                  if r["summary"].get("data_official") is False}
     if unofficial:
-        lines += [f"> **Data is not the official release**: the {', '.join(unofficial)} files used here do not match "
-                  "the official checksums (for example the JPEG-derived CIFAR-10 copy); accuracies are close to, "
-                  "not equal to, figures on the official data.", ""]
+        what = "; ".join(f"{name}: {text}" if text else name for name, text in sorted(unofficial.items()))
+        lines += [f"> **Data is not the official release** ({what}): the files used here do not match the official "
+                  "checksums; accuracies are close to, not equal to, figures on the official data.", ""]
     return lines
 
 

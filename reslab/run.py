@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .config import TrainConfig
+from .config import LEGACY_VALUES, TrainConfig
 from .datasets import Dataset, load_dataset
 from .distributed import Context, from_environment, is_main_process
 from .errors import ConfigError, ReslabError
@@ -23,6 +23,7 @@ from .loader import TensorLoader, channel_stats, stratified_split
 from .models import build_model
 from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
 from .train import resolve_device, train_model
+from .version import code_version
 
 # What last.pth holds beyond a best_model.pth: a file without them cannot be resumed.
 RESUME_KEYS = ("optimizer", "early_stopping", "loader", "rng", "history", "best_epoch", "train_seconds")
@@ -110,11 +111,12 @@ def make_loaders(data: Dataset, config: TrainConfig, device: torch.device, dist_
 def run_facts(data: Dataset, loaders: dict[str, Any], model: torch.nn.Module, device: torch.device,
               world_size: int = 1) -> dict[str, Any]:
     """What a run derived rather than was told: data provenance, normalization, device, sizes (for config.yaml)."""
-    return {"data_official": data.official, "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
+    return {"data_official": data.official, "data_provenance": data.provenance, "data_layout": data.layout,
+            "normalization": {"mean": loaders["mean"], "std": loaders["std"]},
             "augment_used": loaders["augment"], "device_used": str(device), "hardware": hardware_name(device),
             "world_size": world_size, "num_train": len(loaders["train"].labels), "num_val": len(loaders["val"].labels),
             "num_test": len(loaders["test"].labels), "num_parameters": sum(p.numel() for p in model.parameters()),
-            "torch_version": str(torch.__version__)}
+            "torch_version": str(torch.__version__), **code_version()}
 
 
 def checkpoint_meta(data: Dataset, facts: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +166,7 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
                               f"{resume_state['best_epoch']}) is missing")
         # The folder and the data may have moved since: where they are now is what counts.
         saved = resume_state["config"]
-        config = TrainConfig.from_dict({**saved, "out": str(run_dir.parent), "name": run_dir.name,
+        config = TrainConfig.from_dict({**LEGACY_VALUES, **saved, "out": str(run_dir.parent), "name": run_dir.name,
                                         "data_dir": config.data_dir or saved.get("data_dir")})
     seed_everything(config.seed, config.deterministic)
     if config.threads:
@@ -174,9 +176,8 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     if dist_ctx is not None:
         device = dist_ctx.device
     data = load_dataset(config.dataset, config.data_dir)
-    if not data.official and main_process:
-        print(f"note: the {data.name} files in use are not the official release (checksums differ); "
-              "results are close to, not equal to, official figures", flush=True)
+    if main_process:
+        print(f"data: {data.name} from {data.layout}: {data.provenance}", flush=True)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_args)
     # channels_last speeds convolutions up on CUDA and, measured on 2 CPU cores, on the CPU too.
     channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -253,6 +254,7 @@ def test_summary(test: dict[str, Any], data: Dataset, device: torch.device, fact
     """The summary.json fields of every trained run: test metrics, data provenance, hardware, model size."""
     return {"test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_precision": test["precision"],
             "test_recall": test["recall"], "test_f1": test["f1"], "data_official": data.official,
+            "data_provenance": data.provenance,
             "device": str(device), "hardware": facts["hardware"], "num_parameters": facts["num_parameters"],
             "test_per_class_precision": test["per_class_precision"],
             "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"]}

@@ -23,14 +23,14 @@ LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
 PROFILES = ("quick", "full")
 KINDS = ("train", "transfer")
 ANALYSES = ("gradient_flow",)
-TOP_KEYS = ("description", "kind", "train", "models", "analysis", "source", "transfer", "profiles", "reference",
-            "targets")
+TOP_KEYS = ("description", "kind", "train", "models", "analysis", "compare", "source", "transfer", "profiles",
+            "reference", "targets")
 MODEL_KEYS = ("model", "model_args", "depths")
 SOURCE_KEYS = ("experiment", "model", "depth", "checkpoint", "train")
 PROFILE_KEYS = ("train", "transfer", "source")
 # The settings that decide a run's result: a finished run folder is reused only when all of them match.
 RESULT_KEYS = ("model", "dataset", "model_args", "epochs", "batch_size", "lr", "weight_decay", "stagnation_stop",
-               "patience", "min_delta", "overfit_stop", "overfit_patience", "overfit_delta", "val_fraction",
+               "patience", "min_delta", "overfit_stop", "overfit_patience", "overfit_ratio", "overfit_delta", "val_fraction",
                "train_subset", "augment", "seed", "log_grad_norms")
 # CLI flags that make no sense for a whole experiment.
 FORBIDDEN_OVERRIDES = {"model": "edit the experiment's `models` list in a copy of its YAML file",
@@ -116,10 +116,11 @@ def validate(definition: dict[str, Any], source: str) -> None:
         for name in analyses:
             if name not in ANALYSES:
                 raise ConfigError(f"{source}: unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
+        _check_compare(definition.get("compare", []), [entry["model"] for entry in models], source)
         for label, config in train_configs(definition, 0, {}, Path("."), source):
             _check_model(config, f"{source}: {label}")
     else:
-        for key in ("models", "analysis"):
+        for key in ("models", "analysis", "compare"):
             if key in definition:
                 raise ConfigError(f"{source}: a transfer experiment has no `{key}`; its network comes from `source`")
         transfer.TransferSettings.from_dict(_check_mapping(definition.get("transfer", {}), f"{source}: transfer"),
@@ -168,6 +169,16 @@ def _check_model_entry(entry: Any, source: str) -> None:
             raise ConfigError(f"{source}: depths must be a list of positive integers, got {depths!r}")
 
 
+def _check_compare(pairs: Any, models: list[str], source: str) -> None:
+    """`compare` is a list of [A, B] pairs of the experiment's models (the report tabulates A minus B per depth)."""
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise ConfigError(f"{source}: compare must be a list of [A, B] model pairs, got {pairs!r}")
+    for name in (name for pair in pairs for name in pair):
+        if name not in models:
+            raise ConfigError(f"{source}: compare names {name!r}, which is not one of the experiment's models "
+                              f"({', '.join(models)})")
+
+
 def _check_source(definition: dict[str, Any], source: str) -> None:
     src = _check_mapping(definition.get("source"), f"{source}: source")
     check_keys(src, list(SOURCE_KEYS), f"{source}: source")
@@ -209,24 +220,31 @@ def make_config(values: dict[str, Any], overrides: dict[str, Any], seed: int, fo
                 group: str, job_type: str, source: str) -> TrainConfig:
     """A run's TrainConfig: the experiment's settings, then the command line's, then seed, folder and W&B group."""
     overrides = dict(overrides)
-    extra_args = overrides.pop("model_args", {})
-    model = values.get("model", "mlp")
-    accepted = model_arguments(model) if model in list_models() else {}
     # A model flag (--width 8) applies to the models that take it; ex1.2's mlp has no width.
-    model_args = {**values.get("model_args", {}), **{k: v for k, v in extra_args.items() if k in accepted}}
+    model_args = {**values.get("model_args", {}), **taken_by(values.get("model", "mlp"), overrides.pop("model_args", {}))}
     return TrainConfig.from_dict({**values, **overrides, "model_args": model_args, "seed": seed, "out": str(folder),
                                   "name": name, "wandb_group": group, "wandb_job_type": job_type}, source)
 
 
+def taken_by(model: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments of `model_args` that `model` takes."""
+    accepted = model_arguments(model) if model in list_models() else {}
+    return {k: v for k, v in model_args.items() if k in accepted}
+
+
 def train_configs(experiment: dict[str, Any], seed: int, overrides: dict[str, Any], folder: Path,
                   source: str | None = None) -> list[tuple[str, TrainConfig]]:
-    """(label, config) of every model (and depth) of a training experiment for one seed."""
+    """(label, config) of every model (and depth) of a training experiment for one seed.
+
+    `train.model_args` (a profile's narrower widths, say) apply to every model that takes them, over its own."""
     name = experiment.get("name", "experiment")
+    shared_args = experiment.get("train", {}).get("model_args", {})
     pairs = []
     for entry in experiment["models"]:
         for depth in entry.get("depths") or [None]:
             label = run_label(entry["model"], depth)
-            model_args = {**entry.get("model_args", {}), **({"depth": depth} if depth is not None else {})}
+            model_args = {**entry.get("model_args", {}), **taken_by(entry["model"], shared_args),
+                          **({"depth": depth} if depth is not None else {})}
             values = {**experiment.get("train", {}), "model": entry["model"], "model_args": model_args}
             pairs.append((label, make_config(values, overrides, seed, folder, f"{label}-seed{seed}", name, label,
                                              source or name)))

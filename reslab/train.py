@@ -34,16 +34,19 @@ class EarlyStopping:
     stagnation: an epoch improves when ``val_loss < best_val_loss - min_delta`` (best_val_loss is the val loss of
     the last improving epoch); otherwise ``wait += 1`` and stop when ``wait >= patience`` (so patience 0 stops at
     the first epoch that does not improve).
-    overfitting: an epoch overfits when ``val_loss > best_val_loss + overfit_delta`` (best before this epoch);
-    stop after ``overfit_patience`` overfitting epochs in a row. If both fire together the reason is overfitting.
+    overfitting: an epoch overfits when ``val_loss > best_val_loss * (1 + overfit_ratio) + overfit_delta`` (best
+    before this epoch); stop after ``overfit_patience`` overfitting epochs in a row. The default margin is
+    relative (ratio 0.15, delta 0: Prechelt's generalization loss above 15%), so it scales with the loss; ratio 0
+    with delta 0.02 is the older absolute rule. If both rules fire together the reason is overfitting.
     """
 
     patience: int = 5
     min_delta: float = 0.0
     overfit_patience: int = 3
-    overfit_delta: float = 0.02
+    overfit_delta: float = 0.0
     stagnation_stop: bool = True
     overfit_stop: bool = True
+    overfit_ratio: float = 0.15
     best_val_loss: float = math.inf
     wait: int = 0
     overfit_count: int = 0
@@ -51,13 +54,13 @@ class EarlyStopping:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "EarlyStopping":
         return cls(cfg.patience, cfg.min_delta, cfg.overfit_patience, cfg.overfit_delta,
-                   cfg.stagnation_stop, cfg.overfit_stop)
+                   cfg.stagnation_stop, cfg.overfit_stop, cfg.overfit_ratio)
 
     def step(self, val_loss: float) -> tuple[bool, str | None]:
         """Feed one epoch's val loss; return (improved, stop reason or None)."""
         if not math.isfinite(val_loss):
             return False, "nan"
-        overfitting = val_loss > self.best_val_loss + self.overfit_delta
+        overfitting = val_loss > self.best_val_loss * (1 + self.overfit_ratio) + self.overfit_delta
         improved = val_loss < self.best_val_loss - self.min_delta
         if improved:
             self.best_val_loss, self.wait = val_loss, 0

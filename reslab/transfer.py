@@ -137,7 +137,7 @@ def run_settings(method: str, config: TrainConfig, settings: TransferSettings, c
     keys = ("dataset", "val_fraction", "train_subset", "seed")
     if method in ("finetune", "staged"):
         keys += ("epochs", "batch_size", "lr", "weight_decay", "stagnation_stop", "patience", "min_delta",
-                 "overfit_stop", "overfit_patience", "overfit_delta", "augment")
+                 "overfit_stop", "overfit_patience", "overfit_ratio", "overfit_delta", "augment")
     values = {k: getattr(config, k) for k in keys}
     extra = {"svm": ("svm_c", "probe_max_train"), "knn": ("knn_k", "probe_max_train"),
              "logreg": ("logreg_c", "probe_max_train"), "finetune": (), "staged": ("head_epochs",)}[method]
@@ -196,6 +196,7 @@ def probe_runs(model: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
                    "test_f1": metrics["f1"], "num_features": int(train_x.shape[1]),
                    "num_train": len(train_y), "num_test": len(test_y), "train_seconds": round(seconds, 3),
                    "extract_seconds": round(extract_seconds, 3), "data_official": data.official,
+                   "data_provenance": data.provenance,
                    "device": str(device), "hardware": hardware_name(device),
                    "test_confusion_matrix": metrics["confusion_matrix"]}
         run_dir = folder / f"{method}-seed{config.seed}"

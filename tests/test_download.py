@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fakedata import IDX_NAMES, write_cifar10, write_idx_dataset
+from fakedata import IDX_NAMES, expect_records, patch_layout, write_cifar10, write_cifar10_binary, write_idx_dataset
 from reslab.datasets import SPECS, load_dataset
 from reslab.download import extract_tar, fetch, md5sum
 from reslab.errors import DataError
@@ -31,7 +31,7 @@ def offline_specs(monkeypatch) -> str:
     """Every dataset's official urls point at a closed local port, so no test can reach the internet."""
     nowhere = f"http://127.0.0.1:{_closed_port()}/official/"
     for name, spec in SPECS.items():
-        monkeypatch.setitem(SPECS, name, dataclasses.replace(spec, urls=[nowhere], md5=dict(spec.md5)))
+        monkeypatch.setitem(SPECS, name, dataclasses.replace(spec, urls=[nowhere]))
     return nowhere
 
 
@@ -65,7 +65,7 @@ def server(tmp_path, monkeypatch):
 
 
 def _set_md5(monkeypatch, name: str, **changes) -> None:
-    monkeypatch.setitem(SPECS, name, dataclasses.replace(SPECS[name], **changes))
+    patch_layout(monkeypatch, name, None, **changes)             # the layout that is downloaded
 
 
 def _serve_mnist(served: Path, tmp_path: Path) -> Path:
@@ -130,14 +130,14 @@ def test_cifar10_archive_is_downloaded_checked_and_extracted(server, tmp_path, m
     (served / "cifar-10-python.tar.gz").write_bytes(_cifar10_archive(tmp_path))
     source = tmp_path / "source" / "cifar-10-batches-py"
     _set_md5(monkeypatch, "cifar10", archive=("cifar-10-python.tar.gz", md5sum(served / "cifar-10-python.tar.gz")),
-             md5={n: md5sum(source / n) for n in SPECS["cifar10"].md5})
+             md5={n: md5sum(source / n) for n in SPECS["cifar10"].get_layout().md5})
     empty = tmp_path / "data"
     empty.mkdir()
 
     data = load_dataset("cifar10", empty)
 
     assert requests == ["/cifar-10-python.tar.gz"]
-    for name in SPECS["cifar10"].md5:
+    for name in SPECS["cifar10"].get_layout().md5:
         assert (empty / "cifar-10-batches-py" / name).read_bytes() == (source / name).read_bytes()
     assert not list(empty.rglob("*.part"))
     assert data.official is True
@@ -145,12 +145,49 @@ def test_cifar10_archive_is_downloaded_checked_and_extracted(server, tmp_path, m
     assert data.classes[0] == "airplane"
 
 
+def test_complete_binary_layout_is_read_without_a_download(server, tmp_path, monkeypatch):
+    served, url, requests = server
+    (served / "cifar-10-python.tar.gz").write_bytes(_cifar10_archive(tmp_path))
+    _set_md5(monkeypatch, "cifar10", archive=("cifar-10-python.tar.gz", md5sum(served / "cifar-10-python.tar.gz")))
+    root = tmp_path / "data"
+    write_cifar10_binary(root, per_batch=10, n_test=10)
+    expect_records(monkeypatch, "cifar10", 10, 10)
+    data = load_dataset("cifar10", root)
+    assert requests == [] and data.layout == "cifar-10-batches-bin"
+    assert not (root / "cifar-10-batches-py").exists()
+
+
+def test_nothing_present_downloads_the_python_archive(server, tmp_path, monkeypatch):
+    served, url, requests = server
+    (served / "cifar-10-python.tar.gz").write_bytes(_cifar10_archive(tmp_path))
+    _set_md5(monkeypatch, "cifar10", archive=("cifar-10-python.tar.gz", md5sum(served / "cifar-10-python.tar.gz")))
+    root = tmp_path / "data"
+    root.mkdir()
+    assert load_dataset("cifar10", root).layout == "cifar-10-batches-py"
+    assert requests == ["/cifar-10-python.tar.gz"]
+
+
+def test_incomplete_binary_layout_is_not_hidden_by_a_download(server, tmp_path, monkeypatch):
+    served, url, requests = server
+    (served / "cifar-10-python.tar.gz").write_bytes(_cifar10_archive(tmp_path))
+    _set_md5(monkeypatch, "cifar10", archive=("cifar-10-python.tar.gz", md5sum(served / "cifar-10-python.tar.gz")))
+    root = tmp_path / "data"
+    dest = write_cifar10_binary(root, per_batch=10, n_test=10)
+    (dest / "test_batch.bin").unlink()
+    with pytest.raises(DataError) as exc:
+        load_dataset("cifar10", root)
+    message = str(exc.value)
+    assert "\n" not in message and f"missing test_batch.bin in {dest}" in message
+    assert "remove that folder to download cifar-10-batches-py" in message
+    assert requests == [] and not (root / "cifar-10-batches-py").exists()
+
+
 def test_archive_without_every_file_names_the_missing_one(server, tmp_path, monkeypatch):
     served, url, requests = server
     source = write_cifar10(tmp_path / "source", per_batch=10, n_test=10)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name in SPECS["cifar10"].md5:
+        for name in SPECS["cifar10"].get_layout().md5:
             if name != "test_batch":
                 tar.add(source / name, arcname=f"cifar-10-batches-py/{name}")
     (served / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
@@ -172,7 +209,7 @@ def test_checksum_mismatch_leaves_no_file(server, tmp_path, monkeypatch):
         load_dataset("mnist", empty)
     message = str(exc.value)
     got = md5sum(served / f"{IDX_NAMES[0]}.gz")
-    assert f"has md5 {got}, expected {SPECS['mnist'].md5[IDX_NAMES[0] + '.gz']}" in message
+    assert f"has md5 {got}, expected {SPECS['mnist'].get_layout().md5[IDX_NAMES[0] + '.gz']}" in message
     assert "removed" in message and "\n" not in message
     assert _leftovers(empty) == []
 

@@ -76,7 +76,7 @@ def test_stagnation_stops_after_patience_epochs_in_a_row():
 
 
 def test_overfitting_with_delta_and_consecutive_count():
-    stopper = _overfitting_only(overfit_patience=2, overfit_delta=0.25)
+    stopper = _overfitting_only(overfit_patience=2, overfit_delta=0.25, overfit_ratio=0.0)
     losses = [1.0, 1.5,   # 1.5 > 1.25: overfitting 1
               1.125,      # within delta: the count resets
               1.5,        # overfitting 1 again
@@ -87,28 +87,58 @@ def test_overfitting_with_delta_and_consecutive_count():
     assert stopper.overfit_count == 2 and stopper.best_val_loss == 1.0
 
 
+def test_default_overfitting_margin_is_15_percent_of_the_best():
+    stopper = _overfitting_only(overfit_patience=2)
+    assert (stopper.overfit_ratio, stopper.overfit_delta) == (0.15, 0.0)
+    # Exact binary fractions: best 0.5, threshold 0.5 * 1.15 = 0.575.
+    losses = [0.5, 0.5625,  # +12.5%: not overfitting (the absolute 0.02 rule would count it)
+              0.625,        # +25%: overfitting 1
+              0.5625,       # within the margin: the count resets
+              0.625, 0.75]  # overfitting 1, 2 -> stop
+    steps = _replay(stopper, losses)
+    assert [r for _, r in steps] == [None] * 5 + ["overfitting"]
+    assert stopper.overfit_count == 2 and stopper.best_val_loss == 0.5
+
+
+def test_relative_margin_scales_with_the_loss():
+    # The same 10% rise is noise at any scale under a 15% margin, and overfitting under a 5% one.
+    for best in (0.0625, 1.0, 16.0):
+        assert _overfitting_only(overfit_patience=1, overfit_ratio=0.15).step(best) == (True, None)
+        loose, tight = (_overfitting_only(overfit_patience=1, overfit_ratio=r) for r in (0.15, 0.05))
+        loose.step(best), tight.step(best)
+        assert loose.step(best * 1.1) == (False, None)
+        assert tight.step(best * 1.1) == (False, "overfitting")
+
+
+def test_ratio_and_delta_add_up():
+    stopper = _overfitting_only(overfit_patience=1, overfit_ratio=0.25, overfit_delta=0.25)
+    stopper.step(1.0)
+    assert stopper.step(1.5) == (False, None)                     # 1.5 == 1.0 * 1.25 + 0.25 is not above it
+    assert stopper.step(1.5625) == (False, "overfitting")
+
+
 def test_overfitting_compares_with_the_best_before_the_epoch():
-    stopper = _overfitting_only(overfit_patience=1, overfit_delta=0.0)
+    stopper = _overfitting_only(overfit_patience=1, overfit_delta=0.0, overfit_ratio=0.0)
     assert stopper.step(1.0) == (True, None)                      # first epoch: nothing to overfit against
     assert stopper.step(0.5) == (True, None)
     assert stopper.step(0.75) == (False, "overfitting")          # 0.75 > 0.5 + 0
 
 
 def test_improvement_resets_the_overfitting_count():
-    stopper = _overfitting_only(overfit_patience=3, overfit_delta=0.125)
+    stopper = _overfitting_only(overfit_patience=3, overfit_delta=0.125, overfit_ratio=0.0)
     steps = _replay(stopper, [1.0, 1.5, 1.5, 0.5, 0.75, 0.75, 0.75])
     assert [r for _, r in steps] == [None] * 6 + ["overfitting"]
 
 
 def test_both_rules_at_once_report_overfitting():
-    stopper = EarlyStopping(patience=2, overfit_patience=2, overfit_delta=0.125)
+    stopper = EarlyStopping(patience=2, overfit_patience=2, overfit_delta=0.125, overfit_ratio=0.0)
     steps = _replay(stopper, [1.0, 1.5, 1.5])
     assert steps[-1] == (False, "overfitting")
     assert stopper.wait == 2 and stopper.overfit_count == 2     # stagnation fired too
 
 
 def test_stagnation_wins_when_overfitting_has_not_reached_its_patience():
-    stopper = EarlyStopping(patience=2, overfit_patience=3, overfit_delta=0.125)
+    stopper = EarlyStopping(patience=2, overfit_patience=3, overfit_delta=0.125, overfit_ratio=0.0)
     assert _replay(stopper, [1.0, 1.5, 1.5])[-1] == (False, "stagnation")
 
 
@@ -116,7 +146,8 @@ def test_stagnation_wins_when_overfitting_has_not_reached_its_patience():
 
 
 def test_stagnation_switched_off_never_stops_on_a_plateau():
-    stopper = EarlyStopping(patience=1, stagnation_stop=False, overfit_patience=1, overfit_delta=0.5)
+    stopper = EarlyStopping(patience=1, stagnation_stop=False, overfit_patience=1, overfit_delta=0.5,
+                            overfit_ratio=0.0)
     assert [r for _, r in _replay(stopper, [1.0] * 50)] == [None] * 50
     assert stopper.wait == 49                                    # still counted, just not acted on
 
@@ -146,7 +177,7 @@ def test_non_finite_loss_stops_with_nan(bad):
 
 def test_state_dict_round_trip_continues_identically():
     losses = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.76, 0.95, 0.97, 0.98, 0.99, 1.0]
-    settings = dict(patience=6, min_delta=0.01, overfit_patience=3, overfit_delta=0.2)
+    settings = dict(patience=6, min_delta=0.01, overfit_patience=3, overfit_delta=0.2, overfit_ratio=0.0)
     uninterrupted = EarlyStopping(**settings)
     expected = _replay(uninterrupted, losses)
     assert expected[-1][1] == "overfitting"
@@ -162,10 +193,11 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_from_config_takes_every_setting():
     cfg = TrainConfig(patience=7, min_delta=0.5, overfit_patience=4, overfit_delta=0.3, stagnation_stop=False,
-                      overfit_stop=False)
+                      overfit_stop=False, overfit_ratio=0.25)
     stopper = EarlyStopping.from_config(cfg)
     assert (stopper.patience, stopper.min_delta, stopper.overfit_patience, stopper.overfit_delta,
-            stopper.stagnation_stop, stopper.overfit_stop) == (7, 0.5, 4, 0.3, False, False)
+            stopper.stagnation_stop, stopper.overfit_stop, stopper.overfit_ratio) == (7, 0.5, 4, 0.3, False, False,
+                                                                                      0.25)
     assert stopper.best_val_loss == math.inf and stopper.wait == 0 and stopper.overfit_count == 0
 
 
@@ -179,7 +211,7 @@ def test_patience_zero_does_not_stop_an_improving_run():
 
 
 @pytest.mark.parametrize("settings", [
-    dict(patience=2, min_delta=0.05, overfit_patience=3, overfit_delta=0.02),
+    dict(patience=2, min_delta=0.05, overfit_patience=3, overfit_delta=0.02, overfit_ratio=0.0),
     dict(patience=20, min_delta=0.0, overfit_patience=1, overfit_delta=0.0, lr=0.05),
 ], ids=["stagnation", "overfitting"])
 def test_replaying_metrics_gives_the_summary(tiny_data, tmp_path, settings, request):
@@ -192,6 +224,7 @@ def test_replaying_metrics_gives_the_summary(tiny_data, tmp_path, settings, requ
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     stopper = EarlyStopping(patience=saved["patience"], min_delta=saved["min_delta"],
                             overfit_patience=saved["overfit_patience"], overfit_delta=saved["overfit_delta"],
+                            overfit_ratio=saved["overfit_ratio"],
                             stagnation_stop=saved["stagnation_stop"], overfit_stop=saved["overfit_stop"])
     reason, best_epoch = "max_epochs", 0
     for record in records:

@@ -98,7 +98,7 @@ def test_wrong_cifar_shape(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value, words", [
-    ("--model", "resnet50", "unknown model 'resnet50'; choose one of: cnn, mlp, rescnn, resmlp"),
+    ("--model", "resnet50", "unknown model 'resnet50'; choose one of: cnn, mlp, noskipcnn, rescnn, resmlp"),
     ("--dataset", "imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, cifar100, fashionmnist, mnist"),
     ("--lr", "0", "lr must be > 0"),
     ("--lr", "-1e-3", "lr must be > 0"),

@@ -28,13 +28,13 @@ def test_gpu_lab_smoke(tmp_path):
                      "timing.md"]
     assert len(names) <= 8                                   # what the device tool brings back
     timing = (out / "timing.md").read_text().splitlines()
-    assert len([line for line in timing if line.startswith("| ex1.3 |")]) == 6
+    assert len([line for line in timing if line.startswith("| ex1.3 |")]) == 9
     with tarfile.open(out / "runs.tar.gz") as tar:
         members = tar.getnames()
         assert not [m for m in members if m.endswith(".pth")]   # no checkpoints travel back
         summaries = [m for m in members if m.endswith("summary.json")]
         assert {m.split("/")[2] for m in summaries if m.startswith("runs/ex1.3/")} == {
-            f"{model}{depth}-seed0" for model in ("cnn", "rescnn") for depth in (2, 3, 6)}
+            f"{model}{depth}-seed0" for model in ("cnn", "rescnn", "noskipcnn") for depth in (2, 3, 6)}
         one = json.load(tar.extractfile("runs/ex1.3/rescnn6-seed0/summary.json"))
         assert one["epochs_run"] == 1 and one["model_args"]["depth"] == 6
 

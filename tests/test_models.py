@@ -12,7 +12,7 @@ from reslab.models import build_model, list_models, model_arguments, register_mo
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 # Small widths keep the convolutional models fast on 2 CPU cores; shapes do not depend on them.
 SMALL = {"mlp": {}, "resmlp": {}, "cnn": {"width": 8, "max_width": 16, "hidden": 16},
-         "rescnn": {"width": 8, "max_width": 16}}
+         "rescnn": {"width": 8, "max_width": 16}, "noskipcnn": {"width": 8, "max_width": 16}}
 
 
 def _count(model: nn.Module) -> int:
@@ -24,10 +24,10 @@ def _linear(n_in: int, n_out: int) -> int:
 
 
 def test_registered_models():
-    assert list_models() == ["cnn", "mlp", "rescnn", "resmlp"]
+    assert list_models() == ["cnn", "mlp", "noskipcnn", "rescnn", "resmlp"]
 
 
-@pytest.mark.parametrize("name", ["mlp", "resmlp", "cnn", "rescnn"])
+@pytest.mark.parametrize("name", ["mlp", "resmlp", "cnn", "rescnn", "noskipcnn"])
 @pytest.mark.parametrize("shape, classes", [(MNIST, 10), (CIFAR, 100)])
 def test_output_shape(name, shape, classes):
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def test_output_shape(name, shape, classes):
     assert model(x[:1]).shape == (1, classes)
 
 
-@pytest.mark.parametrize("name", ["mlp", "resmlp", "cnn", "rescnn"])
+@pytest.mark.parametrize("name", ["mlp", "resmlp", "cnn", "rescnn", "noskipcnn"])
 def test_default_arguments_build(name):
     model = build_model(name, CIFAR, 10)
     assert model(torch.randn(2, *CIFAR)).shape == (2, 10)
@@ -82,7 +82,7 @@ def test_resmlp_blocks_add_their_input():
     assert torch.equal(block(x), torch.relu(x))  # zero branch: relu(0 + identity)
 
 
-@pytest.mark.parametrize("name", ["cnn", "rescnn"])
+@pytest.mark.parametrize("name", ["cnn", "rescnn", "noskipcnn"])
 @pytest.mark.parametrize("depth", [1, 2, 3, 6])
 def test_conv_models_at_every_depth(name, depth):
     for shape in (MNIST, CIFAR):
@@ -90,7 +90,7 @@ def test_conv_models_at_every_depth(name, depth):
         with torch.no_grad():
             assert model(torch.randn(2, *shape)).shape == (2, 10)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-    # cnn: `depth` conv layers; rescnn: a stem conv plus two per BasicBlock.
+    # cnn: `depth` conv layers; rescnn and noskipcnn: a stem conv plus two per BasicBlock.
     assert len(convs) == (depth if name == "cnn" else 1 + 2 * depth)
 
 
@@ -99,10 +99,35 @@ def test_rescnn_deeper_has_more_parameters():
     assert counts == sorted(counts) and len(set(counts)) == 4
 
 
+def test_noskip_twin_is_rescnn_without_its_skip_paths():
+    for depth in (1, 2, 3, 6):
+        res = build_model("rescnn", CIFAR, 10, depth=depth, **SMALL["rescnn"])
+        twin = build_model("noskipcnn", CIFAR, 10, depth=depth, **SMALL["noskipcnn"])
+        # Every parameter of the twin is rescnn's, under the same name and shape; rescnn has only the 1x1
+        # projection shortcuts (conv + BN) in addition.
+        res_shapes = {n: p.shape for n, p in res.named_parameters()}
+        twin_shapes = {n: p.shape for n, p in twin.named_parameters()}
+        assert twin_shapes.items() <= res_shapes.items()
+        assert all(".shortcut." in n for n in set(res_shapes) - set(twin_shapes))
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in twin.modules()) == 1 + 2 * depth
+
+
+def test_noskip_block_output_is_its_conv_branch_alone():
+    torch.manual_seed(0)
+    res, twin = models.BasicBlock(4, 4), models.BasicBlock(4, 4, skip=False)
+    twin.load_state_dict(res.state_dict())
+    res.eval(), twin.eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        branch = res.bn2(res.conv2(torch.relu(res.bn1(res.conv1(x)))))
+        assert torch.allclose(twin(x), torch.relu(branch))
+        assert torch.allclose(res(x), torch.relu(branch + x))
+
+
 def test_list_models_pattern():
     assert list_models("res*") == ["rescnn", "resmlp"]
     assert list_models("*mlp") == ["mlp", "resmlp"]
-    assert list_models("*cnn") == ["cnn", "rescnn"]
+    assert list_models("*cnn") == ["cnn", "noskipcnn", "rescnn"]
     assert list_models("vit*") == []
 
 
@@ -169,6 +194,8 @@ def test_unknown_argument_names_it_and_the_valid_ones():
     ("rescnn", {"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
     ("resmlp", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ("rescnn", {"downsamples": -1}, "downsamples must be a non-negative integer"),
+    ("noskipcnn", {"depth": 0}, "depth must be a positive integer, got 0"),
+    ("noskipcnn", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
 ])
 def test_bad_values_are_config_errors(name, kwargs, phrase):
     with pytest.raises(ConfigError) as exc:

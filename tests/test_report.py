@@ -52,20 +52,22 @@ def test_figures_are_written_non_empty_pngs(ex1_2):
 
 def test_report_has_the_reference_layout_with_mean_and_std(ex1_2):
     report = (ex1_2 / "report.md").read_text()
-    assert "| Model | Depth | Epochs | Test Loss | Test Accuracy (%) | Test Precision (%) | Reference (%) | " in report
+    assert ("| Model | Depth | Parameters | Epochs | Test Loss | Test Accuracy (%) | Test Precision (%) | "
+            "Reference (%) | ") in report
     summaries = [json.loads((ex1_2 / f"resmlp-seed{s}" / "summary.json").read_text()) for s in (0, 1)]
     accuracies = [100 * s["test_accuracy"] for s in summaries]
     mean = sum(accuracies) / 2
     std = abs(accuracies[0] - accuracies[1]) / 2 ** 0.5
     row = next(line for line in report.splitlines() if line.startswith("| resmlp |"))
-    assert f"| {mean:.2f} ± {std:.2f} |" in row and "| 97.7 |" in row
+    assert f"| {mean:.2f} ± {std:.2f} |" in row and "| 97.73 | 97.8 |" in row
+    assert f"| {summaries[0]['num_parameters'] / 1e6:.2f} M |" in row
     assert "| fc1 |" in report and "mlp 0.19, resmlp 0.466" in report
 
 
 def test_report_states_quick_profile_data_and_protocol(ex1_2):
     report = (ex1_2 / "report.md").read_text()
     assert "**Quick run** (`--profile quick`): shrunk from the full protocol: train.epochs 50 → 8" in report
-    assert "**Data is not the official release**: the mnist files" in report
+    assert "**Data is not the official release** (mnist: not the official release (md5 differs" in report
     assert "- Seeds: 0..1; profile: quick" in report
     assert "- Hardware: " in report and "- Wall time of the command" in report
     assert "- Command-line overrides: epochs=2, wandb=disabled, train_subset=100" in report
@@ -82,3 +84,36 @@ def test_not_run_exercise_is_reported_with_its_reason(tmp_path):
               "reason": "cifar100: missing", "runs": [], "wall_seconds": 0.1}
     (tmp_path / "study.json").write_text(json.dumps(status))
     assert "**Not run**: cifar100: missing" in write_report(tmp_path).read_text()
+
+
+def _fake_run(folder, model, depth, seed, accuracy, parameters):
+    """A finished run folder holding just what the report reads."""
+    run_dir = folder / f"{model}{depth}-seed{seed}"
+    run_dir.mkdir(parents=True)
+    summary = {"model": model, "model_args": {"depth": depth}, "dataset": "cifar10", "seed": seed, "epochs_run": 1,
+               "best_epoch": 1, "test_loss": 1.0, "test_accuracy": accuracy, "test_precision": accuracy,
+               "stopped_by": "max_epochs", "train_seconds": 1.0, "num_parameters": parameters,
+               "hardware": "cpu", "device": "cpu", "data_official": True}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return run_dir.name
+
+
+def test_report_states_residual_minus_twin_against_the_seed_spread(tmp_path):
+    (tmp_path / "experiment.yaml").write_text(
+        "name: x\nprofile: full\nseeds: 3\noverrides: {}\nmodels: [{model: rescnn, depths: [2, 6]}, "
+        "{model: noskipcnn, depths: [2, 6]}]\ncompare: [[rescnn, noskipcnn]]\n")
+    accuracies = {("rescnn", 2): [0.70, 0.72, 0.74], ("noskipcnn", 2): [0.69, 0.73, 0.72],   # differences 1, -1, 2
+                  ("rescnn", 6): [0.80, 0.81, 0.82], ("noskipcnn", 6): [0.75, 0.75, 0.76]}   # differences 5, 6, 6
+    runs = [_fake_run(tmp_path, model, depth, seed, accuracy, 1_220_000 if model == "rescnn" else 1_190_000)
+            for (model, depth), values in accuracies.items() for seed, accuracy in enumerate(values)]
+    status = {"experiment": "x", "description": "d", "profile": "full", "seeds": 3, "status": "done",
+              "reason": None, "runs": runs, "wall_seconds": 1.0}
+    (tmp_path / "study.json").write_text(json.dumps(status))
+    report = write_report(tmp_path).read_text()
+    rows = {line.split("|")[3].strip(): line for line in report.splitlines() if line.startswith("| rescnn | noskipcnn |")}
+    # depth 2: mean 0.67, std 1.53 against spreads 2.00 / 2.08: no. depth 6: 5.67 ± 0.58 against 1.00 / 0.58: yes.
+    assert rows["2"] == "| rescnn | noskipcnn | 2 | 1.22 M / 1.19 M | 0.67 ± 1.53 | 2.08 | no |"
+    assert rows["6"] == "| rescnn | noskipcnn | 6 | 1.22 M / 1.19 M | 5.67 ± 0.58 | 1.00 | yes, A ahead |"
+    assert "larger than the larger of the two models' sample std over seeds" in report

@@ -13,7 +13,7 @@ from reslab import study
 from reslab.cli import main
 from reslab.errors import ConfigError, ReslabError
 
-SHIPPED = ["ex1", "ex1.2", "ex1.3", "ex2.1", "ex2.1-fashion"]
+SHIPPED = ["ex1", "ex1.2", "ex1.3", "ex1.3-deep", "ex2.1", "ex2.1-fashion"]
 # Tiny runs: one epoch, narrow CNNs, no W&B.
 TINY = {"epochs": 1, "wandb": "disabled", "model_args": {"width": 8}}
 
@@ -38,10 +38,37 @@ def test_every_shipped_experiment_loads_and_validates(name, profile):
         assert study.train_configs(experiment, 0, {}, Path("out"))
 
 
-def test_ex1_3_lists_plain_and_residual_cnn_at_three_depths():
+def test_ex1_3_lists_plain_and_residual_cnn_and_the_no_skip_twin_at_three_depths():
     experiment = study.load_experiment("ex1.3")
-    labels = [label for label, _ in study.train_configs(experiment, 0, {}, Path("out"))]
-    assert labels == ["cnn2", "cnn3", "cnn6", "rescnn2", "rescnn3", "rescnn6"]
+    pairs = study.train_configs(experiment, 0, {}, Path("out"))
+    assert [label for label, _ in pairs] == ["cnn2", "cnn3", "cnn6", "rescnn2", "rescnn3", "rescnn6",
+                                              "noskipcnn2", "noskipcnn3", "noskipcnn6"]
+    configs = dict(pairs)
+    for depth in (2, 3, 6):   # the twin differs from the residual net in its model name alone
+        res, twin = configs[f"rescnn{depth}"], configs[f"noskipcnn{depth}"]
+        assert twin.replace(model="rescnn", name=res.name, wandb_job_type=res.wandb_job_type) == res
+    assert experiment["compare"] == [["rescnn", "noskipcnn"], ["rescnn", "cnn"]]
+    assert {label: ref["test_accuracy"] for label, ref in experiment["reference"].items()} == {
+        "cnn2": 67.89, "cnn3": 74.14, "cnn6": 81.11, "rescnn2": 76.91, "rescnn3": 80.48, "rescnn6": 83.67}
+
+
+def test_profile_model_args_apply_to_every_model_that_takes_them(tmp_path):
+    experiment = {"name": "x", "train": {"dataset": "mnist", "model_args": {"width": 8, "hidden": [16]}},
+                  "models": [{"model": "mlp", "model_args": {"hidden": [32, 32]}},
+                             {"model": "rescnn", "model_args": {"width": 64}, "depths": [2]}]}
+    configs = dict(study.train_configs(experiment, 0, {}, tmp_path))
+    assert configs["mlp"].model_args == {"hidden": [16]}                 # mlp takes hidden, not width
+    assert configs["rescnn2"].model_args == {"width": 8, "depth": 2}    # over the model's own width
+
+
+def test_compare_must_name_the_experiment_s_models(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("models: [{model: mlp}, {model: resmlp}]\ncompare: [[resmlp, cnn]]\n")
+    with pytest.raises(ConfigError, match="compare names 'cnn', which is not one of the experiment's models"):
+        study.load_experiment(path)
+    path.write_text("models: [{model: mlp}]\ncompare: [mlp]\n")
+    with pytest.raises(ConfigError, match=r"compare must be a list of \[A, B\] model pairs"):
+        study.load_experiment(path)
 
 
 def test_quick_profile_shrinks_what_the_file_says():
@@ -49,7 +76,8 @@ def test_quick_profile_shrinks_what_the_file_says():
     quick = dict(study.train_configs(study.load_experiment("ex1.3", "quick"), 0, {}, Path("o")))["rescnn6"]
     assert (full.epochs, full.train_subset) == (30, None)
     assert (quick.epochs, quick.train_subset, quick.val_fraction) == (3, 3000, 0.02)
-    assert quick.model_args == {"dropout": 0.2, "depth": 6}
+    assert quick.model_args == {"width": 16, "dropout": 0.2, "depth": 6}
+    assert full.model_args == {"width": 128, "dropout": 0.2, "depth": 6}
 
 
 def test_configs_carry_seed_folder_and_wandb_group(tmp_path):
@@ -175,7 +203,8 @@ def test_lab_runs_the_exercises_in_order_and_reports_a_missing_dataset(lab):
     assert [r["status"] for r in result["results"]] == ["done", "done", "done", "not run"]
     assert "cifar100" in result["results"][3]["reason"] and "no network in tests" in result["results"][3]["reason"]
     assert sorted(p.name for p in (folder / "ex1.3").glob("*-seed0")) == [
-        "cnn2-seed0", "cnn3-seed0", "cnn6-seed0", "rescnn2-seed0", "rescnn3-seed0", "rescnn6-seed0"]
+        "cnn2-seed0", "cnn3-seed0", "cnn6-seed0", "noskipcnn2-seed0", "noskipcnn3-seed0", "noskipcnn6-seed0",
+        "rescnn2-seed0", "rescnn3-seed0", "rescnn6-seed0"]
     assert all(core_files(p) for p in (folder / "ex1.3").glob("*-seed0"))
     report = (folder / "report.md").read_text()
     assert "**Not run**: cifar100" in report
