@@ -75,8 +75,8 @@ def test_quick_profile_shrinks_what_the_file_says():
     full = dict(study.train_configs(study.load_experiment("ex1.3", "full"), 0, {}, Path("o")))["rescnn6"]
     quick = dict(study.train_configs(study.load_experiment("ex1.3", "quick"), 0, {}, Path("o")))["rescnn6"]
     assert (full.epochs, full.train_subset) == (30, None)
-    assert (quick.epochs, quick.train_subset, quick.val_fraction) == (3, 3000, 0.02)
-    assert quick.model_args == {"width": 16, "dropout": 0.2, "depth": 6}
+    assert (quick.epochs, quick.train_subset, quick.val_fraction) == (5, 5000, 0.02)
+    assert quick.model_args == {"width": 16, "dropout": 0.2, "max_width": 64, "depth": 6}
     assert full.model_args == {"width": 128, "dropout": 0.2, "depth": 6}
 
 
