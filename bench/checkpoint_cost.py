@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What train_model's per-epoch checkpoint costs: last.pth (every epoch) and best_model.pth, by model size.
 
-last.pth is built by reslab.train.last_checkpoint, as train_model builds it (weights, Adam state, early-stopping
+last.pth is built by reslab.checkpoint.last_checkpoint, as train_model builds it (weights, Adam state, early-stopping
 and loader state, RNG states, history; not the best weights, which best_model.pth holds) and written with
 reslab.checkpoint.save_atomic (torch.save to a temp file, flush + fsync, rename). Also timed: the same bytes
 without fsync, and torch.save into memory only.
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reslab.checkpoint import save_atomic  # noqa: E402
+from reslab.checkpoint import checkpoint_dict, last_checkpoint, save_atomic  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.loader import TensorLoader  # noqa: E402
 from reslab.models import build_model  # noqa: E402
-from reslab.train import EarlyStopping, History, _checkpoint, last_checkpoint, make_optimizer  # noqa: E402
+from reslab.early_stopping import EarlyStopping  # noqa: E402
+from reslab.train import History, make_optimizer  # noqa: E402
 
 MODELS = [("mlp", (1, 28, 28), {}), ("resmlp", (1, 28, 28), {}), ("rescnn", (3, 32, 32), {"width": 16}),
           ("rescnn", (3, 32, 32), {}), ("rescnn", (3, 32, 32), {"depth": 8})]
@@ -68,12 +69,12 @@ def main() -> int:
         history = History(epochs=[record] * 10, best_epoch=10, train_seconds=10.0)
 
         def last_dict() -> dict:
-            return last_checkpoint(_checkpoint(model, meta, config, record), optimizer, EarlyStopping(), loader,
+            return last_checkpoint(checkpoint_dict(model, meta, config, record), optimizer, EarlyStopping(), loader,
                                    history, None)
 
         def best() -> None:
             copy.deepcopy(model.state_dict())   # as train_model keeps the best weights in memory
-            save_atomic(_checkpoint(model, meta, config, record), run_dir / "best_model.pth")
+            save_atomic(checkpoint_dict(model, meta, config, record), run_dir / "best_model.pth")
 
         ways = {
             "last.pth": lambda: save_atomic(last_dict(), run_dir / "last.pth"),

@@ -7,7 +7,7 @@ gives the median over rounds with min..max, in milliseconds per epoch (per call 
   bare train / bare val        (b) of epoch_speed: step loop over pre-made tensors; validation pass
   loader: train / val          iterating reslab's TensorLoaders alone (gather by index, crop + flip, normalize)
   step over loader batches     the bare step loop fed by the TensorLoader (loader + step, no bookkeeping)
-  reslab _train_epoch          train.py's epoch: the above + loss/accuracy sums + the nan check
+  reslab train_epoch          train.py's epoch: the above + loss/accuracy sums + the nan check
   reslab evaluate_loss_acc.    train.py's validation
   checkpoint last.pth          building the resume dict as train_model does (capture_rng, optimizer state) +
                                save_atomic (torch.save, fsync, rename)
@@ -39,12 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from epoch_speed import (DEFAULT_DATA, SEED, BarePipeline, ReslabPipeline, benches,  # noqa: E402
                          split_like_reslab)
 
-from reslab.checkpoint import save_atomic  # noqa: E402
+from reslab.checkpoint import checkpoint_dict, last_checkpoint, save_atomic  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
+from reslab.device import autocast_for  # noqa: E402
+from reslab.early_stopping import EarlyStopping  # noqa: E402
+from reslab.evaluate import loss_and_accuracy  # noqa: E402
 from reslab.loader import TensorLoader  # noqa: E402
-from reslab.train import (EarlyStopping, History, StopSignals, _checkpoint, _train_epoch,  # noqa: E402
-                          autocast_for, evaluate_loss_accuracy, last_checkpoint, make_optimizer)
+from reslab.train import History, StopSignals, make_optimizer, train_epoch  # noqa: E402
 
 
 def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bool) -> None:
@@ -95,7 +97,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="reslab-breakdown-")
     a = ReslabPipeline(bench, data, config, split, device, Path(tmp.name))
     b = BarePipeline(bench, split, config, device, channels_last=is_cnn)    # as epoch_speed's (b)
-    train_loader, val_loader = a.loaders["train"], a.loaders["val"]
+    train_loader, val_loader = a.loaders.train, a.loaders.val
     model, amp = a.model, config.amp
     optimizer = make_optimizer(model, config, device)
     stopper = EarlyStopping.from_config(config)
@@ -106,13 +108,13 @@ def main() -> int:
     history = History(epochs=[record] * 10, best_epoch=1, train_seconds=1.0)
 
     def write_last():
-        last = last_checkpoint(_checkpoint(model, a.meta, config, record), optimizer, stopper, train_loader,
+        last = last_checkpoint(checkpoint_dict(model, a.meta, config, record), optimizer, stopper, train_loader,
                                history, None)
         save_atomic(last, a.run_dir / "last.pth")
 
     def write_best():
         copy.deepcopy(model.state_dict())   # as train_model keeps the best weights in memory on an improving epoch
-        save_atomic(_checkpoint(model, a.meta, config, record), a.run_dir / "best_model.pth")
+        save_atomic(checkpoint_dict(model, a.meta, config, record), a.run_dir / "best_model.pth")
 
     def track():
         with contextlib.redirect_stdout(io.StringIO()):
@@ -124,8 +126,8 @@ def main() -> int:
         "loader: train batches only": lambda: [None for _ in train_loader],
         "loader: val batches only": lambda: [None for _ in val_loader],
         "step over loader batches": lambda: step_over(model, optimizer, train_loader, device, amp),
-        "reslab _train_epoch": lambda: _train_epoch(model, train_loader, optimizer, config, signals, None, None),
-        "reslab evaluate_loss_accuracy": lambda: evaluate_loss_accuracy(model, val_loader, amp),
+        "reslab train_epoch": lambda: train_epoch(model, train_loader, optimizer, config, device, signals=signals),
+        "reslab loss_and_accuracy": lambda: loss_and_accuracy(model, val_loader, amp),
         "checkpoint last.pth (every epoch)": write_last,
         "checkpoint best_model.pth (improving)": write_best,
         "trackers: console + metrics.jsonl": track,
@@ -143,9 +145,9 @@ def main() -> int:
         parts.update({
             "bare train, NCHW model + inputs": lambda: bare_train(b_nchw),
             "bare val, NCHW model + inputs": lambda: b_nchw._validate(),
-            "_train_epoch, NCHW loader + model": lambda: _train_epoch(nchw_model, nchw_train, nchw_opt, config,
-                                                                     signals, None, None),
-            "evaluate, NCHW loader + model": lambda: evaluate_loss_accuracy(nchw_model, nchw_val, amp),
+            "train_epoch, NCHW loader + model": lambda: train_epoch(nchw_model, nchw_train, nchw_opt, config,
+                                                                    device, signals=signals),
+            "evaluate, NCHW loader + model": lambda: loss_and_accuracy(nchw_model, nchw_val, amp),
         })
 
     def sync():
@@ -174,13 +176,13 @@ def main() -> int:
     print("\n  derived (medians, ms per epoch):")
     print(f"    loader cost in training   = step over loader - bare train        = "
           f"{m['step over loader batches'] - m['bare train (b)']:8.1f}")
-    print(f"    sums + nan check          = _train_epoch - step over loader      = "
-          f"{m['reslab _train_epoch'] - m['step over loader batches']:8.1f}")
-    print(f"    validation gap            = evaluate_loss_accuracy - bare val    = "
-          f"{m['reslab evaluate_loss_accuracy'] - m['bare val (b)']:8.1f}")
-    parts_sum = (m["reslab _train_epoch"] + m["reslab evaluate_loss_accuracy"] + m["checkpoint last.pth (every epoch)"]
+    print(f"    sums + nan check          = train_epoch - step over loader      = "
+          f"{m['reslab train_epoch'] - m['step over loader batches']:8.1f}")
+    print(f"    validation gap            = loss_and_accuracy - bare val    = "
+          f"{m['reslab loss_and_accuracy'] - m['bare val (b)']:8.1f}")
+    parts_sum = (m["reslab train_epoch"] + m["reslab loss_and_accuracy"] + m["checkpoint last.pth (every epoch)"]
                  + m["trackers: console + metrics.jsonl"])
-    print(f"    _train_epoch + evaluate + last.pth + trackers = {parts_sum:8.1f}   "
+    print(f"    train_epoch + evaluate + last.pth + trackers = {parts_sum:8.1f}   "
           f"(train_model epoch: {m['train_model, 1 epoch (a)']:.1f}; + best_model.pth on improving epochs: "
           f"{m['checkpoint best_model.pth (improving)']:.1f})")
     print(f"    bare train + bare val (b) = {m['bare train (b)'] + m['bare val (b)']:8.1f}")
@@ -190,7 +192,7 @@ def main() -> int:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        for name in ("reslab _train_epoch", "bare train (b)", "reslab evaluate_loss_accuracy", "bare val (b)"):
+        for name in ("reslab train_epoch", "bare train (b)", "reslab loss_and_accuracy", "bare val (b)"):
             with profile(activities=acts) as prof:
                 parts[name]()
                 sync()

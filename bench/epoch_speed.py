@@ -3,7 +3,7 @@
 
 One run times, on the same model, batch size, data and epochs:
 
-(a) reslab  ``reslab.train.train_model`` on ``reslab.run.make_loaders`` (TensorLoader: uint8 data on the device,
+(a) reslab  ``reslab.train.train_model`` on ``reslab.loader.make_loaders`` (TensorLoader: uint8 data on the device,
             normalized and, for CIFAR, cropped and flipped per batch), train + validation every epoch, with the
             console and metrics.jsonl trackers and best_model.pth / last.pth checkpoints in a temporary run folder,
             as ``reslab train`` would run it (console lines are captured, not shown; stderr is not a terminal,
@@ -82,11 +82,12 @@ sys.path.insert(0, str(REPO))
 
 from reslab.config import TrainConfig  # noqa: E402
 from reslab.datasets import load_dataset  # noqa: E402
-from reslab.loader import channel_stats  # noqa: E402
+from reslab.device import autocast_for, hardware_name, to_channels_last  # noqa: E402
+from reslab.loader import channel_stats, make_loaders, split_indices, uses_augmentation  # noqa: E402
 from reslab.models import build_model  # noqa: E402
-from reslab.run import hardware_name, make_loaders, split_indices, uses_augmentation  # noqa: E402
-from reslab.tracking import ConsoleTracker, JsonlTracker, Trackers  # noqa: E402
-from reslab.train import autocast_for, make_optimizer, train_model  # noqa: E402
+from reslab.runfolder import JsonlTracker  # noqa: E402
+from reslab.tracking import ConsoleTracker, Trackers  # noqa: E402
+from reslab.train import make_optimizer, train_model  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 SEED = 0
@@ -207,7 +208,7 @@ class Split:
 
 
 def split_like_reslab(data, config: TrainConfig) -> Split:
-    """The same indices and statistics as reslab.run.make_loaders (checked against it in the (a) build)."""
+    """The same indices and statistics as reslab.loader.make_loaders (checked against it in the (a) build)."""
     train_idx, val_idx = split_indices(data, config)
     mean, std = channel_stats(data.train_images[train_idx])
     return Split(data.train_images, data.train_labels, train_idx, val_idx, mean, std, uses_augmentation(data, config))
@@ -236,27 +237,24 @@ class ReslabPipeline:
         self.config, self.device = config, device
         self.model = _new_model(bench, split, device, channels_last=False)
         # As reslab.run.run_training: channels_last model and loaders for any model with a Conv2d, on every device.
-        channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        channels_last = to_channels_last(self.model)
         self.loaders = make_loaders(data, config, device, channels_last=channels_last)
-        if (self.loaders["mean"], self.loaders["std"], self.loaders["augment"]) != (split.mean, split.std,
-                                                                                     split.augment):
-            raise RuntimeError("the bench's split differs from reslab.run.make_loaders; update split_like_reslab")
+        if (self.loaders.mean, self.loaders.std, self.loaders.augment) != (split.mean, split.std, split.augment):
+            raise RuntimeError("the bench's split differs from reslab.loader.make_loaders; update split_like_reslab")
         self.run_dir = tmp
         self.console = io.StringIO()
         with contextlib.redirect_stdout(self.console):
             self.trackers = Trackers(ConsoleTracker(config.epochs), JsonlTracker(self.run_dir / "metrics.jsonl"))
         self.meta = {"dataset": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                     "classes": data.classes, "normalization": {"mean": self.loaders["mean"],
-                                                                "std": self.loaders["std"]}, "wandb_id": None}
-        self.train_images = self.loaders["train"].num_samples
+                     "classes": data.classes, "normalization": {"mean": self.loaders.mean,
+                                                                "std": self.loaders.std}, "wandb_id": None}
+        self.train_images = self.loaders.train.num_samples
 
     def run(self, epochs: int) -> None:
         # stdout: the console tracker's lines; stderr: not a terminal, so train_model shows no tqdm bar.
         with contextlib.redirect_stdout(self.console), contextlib.redirect_stderr(self.console):
-            history = train_model(self.model, self.loaders["train"], self.loaders["val"],
-                                  self.config.replace(epochs=epochs), self.trackers, self.run_dir, self.meta)
+            history = train_model(self.model, self.loaders.train, self.loaders.val, self.config.replace(epochs=epochs),
+                                  tracker=self.trackers, run_dir=self.run_dir, checkpoint_meta=self.meta)
         if len(history.epochs) != epochs:
             raise RuntimeError(f"train_model stopped after {len(history.epochs)} of {epochs} epochs "
                                f"({history.stopped_by})")

@@ -1,14 +1,13 @@
 """Gradient flow: per-layer gradient L2 norms of a network at initialization and during training."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from .config import TrainConfig
 from .datasets import Dataset, load_dataset
 from .models import build_model
-from .run import make_loaders
+from .loader import make_loaders
 
 GRAD_PREFIX = "grad_2.0_norm/"   # the key train_model logs per parameter when log_grad_norms is on
 
@@ -37,7 +36,7 @@ def gradient_flow_at_init(configs: dict[str, TrainConfig], data: Dataset | None 
     # The configs share dataset and seed: every model sees the batch of the first, initialized from that seed.
     first = next(iter(configs.values()))
     data = data if data is not None else load_dataset(first.dataset, first.data_dir)
-    loader = make_loaders(data, first, torch.device("cpu"))["train"]
+    loader = make_loaders(data, first, torch.device("cpu")).train
     x, y = next(iter(loader))   # the seed's first shuffled training batch
     models = {}
     for label, config in configs.items():

@@ -9,10 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import TrainConfig
+from .device import capture_rng
+from .early_stopping import EarlyStopping
 from .errors import ReslabError
 from .models import build_model
 
 FORMAT = "reslab-checkpoint-1"
+# What last.pth holds beyond a best_model.pth: a file without them cannot be resumed.
+RESUME_KEYS = ("optimizer", "early_stopping", "loader", "rng", "history", "best_epoch", "train_seconds")
+# A new best, written before last.pth names it and renamed to best_model.pth after (see train_model).
+STAGED_BEST = ".best_model.pth.staged"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -55,3 +62,50 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_model(ckpt["model"], tuple(ckpt["input_shape"]), ckpt["num_classes"], **ckpt["model_args"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device), ckpt
+
+
+def checkpoint_dict(model: nn.Module, meta: dict[str, Any], config: TrainConfig, record: dict[str, Any]) -> dict:
+    """The self-describing part of a checkpoint: weights, model, dataset, normalization, config, epoch, metrics."""
+    spec = getattr(model, "reslab_spec", {"name": config.model, "args": config.model_args})
+    return {"format": FORMAT, "model": spec["name"], "model_args": dict(spec["args"]),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "config": config.to_dict(), "epoch": record["epoch"], "val_loss": record["val_loss"],
+            "val_accuracy": record["val_accuracy"], **{k: v for k, v in meta.items() if k != "wandb_id"}}
+
+
+def last_checkpoint(snapshot: dict[str, Any], optimizer: torch.optim.Optimizer, stopper: EarlyStopping,
+                    loader: Any, history: Any, wandb_id: str | None) -> dict[str, Any]:
+    """last.pth: a checkpoint (see checkpoint_dict) plus everything a resume needs, but not the best weights."""
+    return {**snapshot, "optimizer": optimizer.state_dict(), "early_stopping": stopper.state_dict(),
+            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None, "rng": capture_rng(),
+            "history": history.epochs, "best_epoch": history.best_epoch, "train_seconds": history.train_seconds,
+            "wandb_id": wandb_id}
+
+
+def stage_best(snapshot: dict[str, Any], run_dir: Path) -> None:
+    """Write a new best checkpoint beside best_model.pth, to be committed once last.pth names its epoch."""
+    save_atomic(snapshot, run_dir / STAGED_BEST)
+
+
+def commit_best(run_dir: Path) -> None:
+    """Make the staged best checkpoint the run's best_model.pth."""
+    os.replace(run_dir / STAGED_BEST, run_dir / "best_model.pth")
+
+
+def recover_best(run_dir: Path, best_epoch: int) -> dict[str, torch.Tensor]:
+    """The weights of last.pth's best epoch, finishing or undoing a best checkpoint that a kill cut short."""
+    staged = run_dir / STAGED_BEST
+    if staged.is_file():
+        # Killed after staging: last.pth names the staged epoch only if it was written too.
+        if read_checkpoint(staged).get("epoch") == best_epoch:
+            commit_best(run_dir)
+        else:
+            staged.unlink()
+    path = run_dir / "best_model.pth"
+    if not path.is_file():
+        raise ReslabError(f"cannot resume: {path} (the weights of epoch {best_epoch}) is missing")
+    best = read_checkpoint(path)
+    if best.get("epoch") != best_epoch:
+        raise ReslabError(f"cannot resume: {path} holds epoch {best.get('epoch')} but last.pth names epoch "
+                          f"{best_epoch} as the best; the folder was changed by hand")
+    return best["state_dict"]

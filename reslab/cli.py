@@ -31,65 +31,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+MODEL_FLAGS = {   # the model arguments that have a flag (they go into model_args, for the models that take them)
+    "depth": (int, "conv layers (cnn) or BasicBlocks (rescnn, noskipcnn)"),
+    "width": (int, "hidden width (resmlp) or first conv width (cnn, rescnn, noskipcnn)"),
+    "blocks": (int, "residual blocks of resmlp (default 2)"),
+    "hidden": (int, "hidden sizes of mlp (default 128 64)"),
+    "dropout": (float, "dropout probability (default 0.2)"),
+}
+GROUP_HELP = {"early stopping": "stagnation: stop after PATIENCE epochs in a row without val_loss < best - "
+                                "MIN_DELTA; overfitting: stop after OVERFIT_PATIENCE epochs in a row with val_loss > "
+                                "best * (1 + OVERFIT_RATIO) + OVERFIT_DELTA (best: the lowest val loss before that "
+                                "epoch; the older absolute rule is --overfit-ratio 0 --overfit-delta 0.02)"}
+FLAG_ALIASES = {"log_grad_norms": ["--grad-norms"]}
+
+
 def _train_options(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `train` and (as overrides) the experiments; a flag left out keeps the file's value."""
-    S = argparse.SUPPRESS
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=S, help="model name: mlp, resmlp, cnn, rescnn (default mlp)")
-    g.add_argument("--dataset", default=S, help="mnist, fashionmnist, cifar10, cifar100 (default mnist)")
-    g.add_argument("--depth", type=int, default=S, help="conv layers (cnn) or residual blocks (rescnn)")
-    g.add_argument("--width", type=int, default=S, help="hidden width (resmlp) or first conv width (cnn, rescnn)")
-    g.add_argument("--blocks", type=int, default=S, help="residual blocks of resmlp (default 2)")
-    g.add_argument("--hidden", type=int, nargs="+", default=S, help="hidden sizes of mlp (default 128 64)")
-    g.add_argument("--dropout", type=float, default=S, help="dropout probability (default 0.2)")
-    g.add_argument("--data-dir", default=S, help="folder holding the datasets (default $RESLAB_DATA or ./data)")
-    g.add_argument("--val-fraction", type=float, default=S, help="stratified validation share (default 0.1)")
-    g.add_argument("--train-subset", type=int, default=S, help="train on only this many images (default all)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
-                   help="random crop + flip (default: on for CIFAR)")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=S, help="maximum epochs (default 50)")
-    g.add_argument("--batch-size", type=int, default=S, help="training batch size (default 128)")
-    g.add_argument("--lr", type=float, default=S, help="Adam learning rate (default 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=S, help="Adam weight decay (default 0)")
-    g.add_argument("--seed", type=int, default=S, help="seed for split, init, batches, augmentation (default 0)")
-    g = p.add_argument_group("early stopping",
-                             "stagnation: stop after PATIENCE epochs without val_loss < best - MIN_DELTA; "
-                             "overfitting: stop after OVERFIT_PATIENCE epochs in a row with "
-                             "val_loss > best * (1 + OVERFIT_RATIO) + OVERFIT_DELTA (best: the lowest val loss "
-                             "before that epoch; the older absolute rule is --overfit-ratio 0 --overfit-delta 0.02)")
-    g.add_argument("--patience", type=int, default=S, help="stagnation patience in epochs (default 5)")
-    g.add_argument("--min-delta", type=float, default=S, help="smallest val-loss drop that counts (default 0)")
-    g.add_argument("--overfit-patience", type=int, default=S, help="overfitting epochs in a row (default 3)")
-    g.add_argument("--overfit-ratio", type=float, default=S,
-                   help="val-loss rise over the best, as a fraction of the best (default 0.15)")
-    g.add_argument("--overfit-delta", type=float, default=S, help="val-loss rise over the best, added (default 0)")
-    g.add_argument("--no-stagnation-stop", dest="stagnation_stop", action="store_false", default=S,
-                   help="switch the stagnation rule off")
-    g.add_argument("--no-overfit-stop", dest="overfit_stop", action="store_false", default=S,
-                   help="switch the overfitting rule off")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", default=S, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--threads", type=int, default=S,
-                   help="CPU threads (default: one per core; 1 is faster when other jobs share the cores)")
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=S, help="no bf16 autocast on CUDA")
-    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
-    g.add_argument("--deterministic", action="store_true", default=S, help="deterministic GPU kernels (slower)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=S, help="folder for run folders (default runs)")
-    g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default=S,
-                   help="W&B logging: auto = online when logged in, else offline (default auto)")
-    g.add_argument("--wandb-project", default=S, help="W&B project (default reslab)")
-    g.add_argument("--grad-norms", dest="log_grad_norms", action="store_true", default=S,
-                   help="log per-parameter gradient norms every epoch")
+    """Flags shared by `train` and (as overrides) the experiments, one per TrainConfig setting, with its help."""
+    import dataclasses
+    import typing
 
-
-MODEL_FLAGS = ("depth", "width", "blocks", "hidden", "dropout")
-
-
-# With --resume, the flags that only say where things are: the run folder (its default name is
-# MODEL[DEPTH]-DATASET-seedN) and the data.
-RUN_LOCATORS = {"out", "name", "model", "dataset", "seed", "model_args", "data_dir"}
+    from .config import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if not meta["flag"]:
+            continue
+        if meta["group"] not in groups:
+            groups[meta["group"]] = p.add_argument_group(meta["group"], GROUP_HELP.get(meta["group"]))
+            if meta["group"] == "model and data":
+                for name, (kind, text) in MODEL_FLAGS.items():
+                    groups[meta["group"]].add_argument(f"--{name}", type=kind, nargs="+" if name == "hidden" else None,
+                                                       default=argparse.SUPPRESS, help=text)
+        flags = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        text = meta["help"] + ("" if f.default is None or f.default == dataclasses.MISSING else
+                               f" (default {'on' if f.default is True else 'off' if f.default is False else f.default})")
+        options: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
+        if bool in kinds:
+            options["action"] = argparse.BooleanOptionalAction
+        elif int in kinds:
+            options["type"] = int
+        elif float in kinds:
+            options["type"] = float
+        if meta["choices"]:
+            options["choices"] = meta["choices"]
+        groups[meta["group"]].add_argument(*flags, dest=f.name, **options)
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def refuse_changed_settings(config: Any, overrides: dict[str, Any]) -> None:
     """--resume continues a run with its saved settings: a flag that would change one is an error, not ignored."""
     from .checkpoint import read_checkpoint
+    from .config import RUN_LOCATORS
     from .errors import ConfigError
     last = config.run_dir / "last.pth"
     if not last.is_file():
@@ -192,7 +180,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .study import list_experiments
+    from .experiments import list_experiments
     for name, description in list_experiments():
         print(f"{name:14s} {description}")
     return 0

@@ -1,35 +1,65 @@
-"""evaluate(): loss, accuracy, weighted precision/recall/F1, per-class scores and the confusion matrix."""
+"""evaluate(): loss, accuracy, weighted precision/recall/F1, per-class scores and the confusion matrix.
+
+Every function takes any iterable of (x, y) batches: reslab's TensorLoader, a torch DataLoader, a list.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
-from .loader import TensorLoader
-from .train import autocast_for
+from .device import autocast_for, model_device
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def on_device(batches: Batches, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each (x, y) batch on `device` (a no-op for batches already there, as TensorLoader's are)."""
+    for x, y in batches:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: TensorLoader, amp: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
-    """Predicted classes, true labels and the summed cross-entropy over a loader."""
+def outputs(model: nn.Module, batches: Batches, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicted classes, true labels and the summed cross-entropy, all left on the model's device (no sync)."""
     model.eval()
+    device = model_device(model)
     preds, labels = [], []
-    loss_sum = torch.zeros((), device=loader.device)
-    for x, y in loader:
-        with autocast_for(loader.device, amp):
+    loss_sum = torch.zeros((), device=device)
+    for x, y in on_device(batches, device):
+        with autocast_for(device, amp):
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         preds.append(logits.argmax(1))
         labels.append(y)
-    return torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy(), float(loss_sum)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.cat(preds) if preds else empty, torch.cat(labels) if labels else empty, loss_sum
 
 
-def evaluate(model: nn.Module, loader: TensorLoader, num_classes: int | None = None, amp: bool = True) -> dict[str, Any]:
+def predict(model: nn.Module, batches: Batches, amp: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """Predicted classes, true labels and the summed cross-entropy over the batches."""
+    preds, labels, loss_sum = outputs(model, batches, amp)
+    return preds.cpu().numpy(), labels.cpu().numpy(), float(loss_sum)
+
+
+def loss_and_accuracy(model: nn.Module, batches: Batches, amp: bool = True,
+                      distributed: Any = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the batches (summed over ranks under torchrun); one host sync."""
+    preds, labels, loss_sum = outputs(model, batches, amp)
+    totals = torch.stack([loss_sum, (preds == labels).sum().to(loss_sum.dtype),
+                          torch.tensor(float(len(labels)), device=loss_sum.device)])
+    if distributed is not None:
+        totals = distributed.all_reduce_sum(totals)
+    loss_total, correct, count = totals.tolist()
+    return loss_total / max(count, 1), correct / max(count, 1)
+
+
+def evaluate(model: nn.Module, batches: Batches, num_classes: int | None = None, amp: bool = True) -> dict[str, Any]:
     """Average loss, accuracy, weighted precision/recall/F1, per-class precision/recall, confusion matrix."""
-    y_pred, y_true, loss_sum = predict(model, loader, amp)
+    y_pred, y_true, loss_sum = predict(model, batches, amp)
     return classification_metrics(y_true, y_pred, num_classes, loss=loss_sum / max(len(y_true), 1))
 
 

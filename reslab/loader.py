@@ -1,10 +1,15 @@
 """Splits and the device-resident batch loader: uint8 data on the device, normalized and augmented per batch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import TrainConfig
+from .datasets import Dataset
 from .errors import ConfigError
 
 
@@ -122,3 +127,52 @@ class TensorLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+def split_indices(data: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The run's stratified train/val split; with train_subset, a stratified subset of the train part."""
+    train_idx, val_idx = stratified_split(data.train_labels, config.val_fraction, config.seed)
+    if config.train_subset is not None and config.train_subset < len(train_idx):
+        try:
+            keep, _ = stratified_split(data.train_labels[train_idx], 1 - config.train_subset / len(train_idx),
+                                       config.seed)
+        except ConfigError:   # said in terms of the setting the user gave, not of the fraction derived from it
+            raise ConfigError(f"train_subset {config.train_subset} of {len(train_idx)} training images leaves a "
+                              "class with none or all of its images; use a subset further from both ends") from None
+        train_idx = train_idx[keep]
+    return train_idx, val_idx
+
+
+def uses_augmentation(data: Dataset, config: TrainConfig) -> bool:
+    """Random crop + flip: as the config says, else on for 32x32 colour images (CIFAR)."""
+    return config.augment if config.augment is not None else data.input_shape == (3, 32, 32)
+
+
+@dataclass
+class Loaders:
+    """The three loaders of a run and what they were built with."""
+
+    train: TensorLoader
+    val: TensorLoader
+    test: TensorLoader
+    mean: list[float]
+    std: list[float]
+    augment: bool
+
+
+def make_loaders(data: Dataset, config: TrainConfig, device: torch.device | str = "cpu", *,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1) -> Loaders:
+    """The run's stratified split, normalized with its train part's channel statistics, as three loaders."""
+    device = torch.device(device)
+    train_idx, val_idx = split_indices(data, config)
+    mean, std = channel_stats(data.train_images[train_idx])
+    augment = uses_augmentation(data, config)
+    common: dict[str, Any] = dict(mean=mean, std=std, device=device, channels_last=channels_last)
+    sharded = dict(common, rank=rank, world_size=world_size)
+    return Loaders(
+        train=TensorLoader(data.train_images[train_idx], data.train_labels[train_idx], config.batch_size,
+                           shuffle=True, augment=augment, seed=config.seed, **sharded),
+        val=TensorLoader(data.train_images[val_idx], data.train_labels[val_idx], config.eval_batch_size, **sharded),
+        # The test set is scored by rank 0 alone, over all of it.
+        test=TensorLoader(data.test_images, data.test_labels, config.eval_batch_size, **common),
+        mean=mean, std=std, augment=augment)

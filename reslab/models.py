@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .checks import check_int, check_number
 from .errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -49,14 +50,16 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     return _REGISTRY[name]
 
 
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+# Upper bounds that keep an absurd size a one-line error instead of an allocation that fails or crashes.
+MAX_WIDTH, MAX_DEPTH = 2 ** 16, 1000
 
 
-def _probability(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+def _size(name: str, value: Any, maximum: int = MAX_WIDTH) -> int:
+    return check_int(name, value, minimum=1, maximum=maximum)
+
+
+def _dropout(value: Any) -> float:
+    return check_number("dropout", value, minimum=0, below=1)
 
 
 class MLP(nn.Module):
@@ -197,26 +200,27 @@ def mlp(input_shape, num_classes, hidden=(128, 64), dropout=0.2) -> nn.Module:
         raise ConfigError(f"hidden must be a list of layer sizes, got {hidden!r}")
     hidden = tuple(hidden)
     for size in hidden:
-        _positive("hidden size", size)
-    _probability("dropout", dropout)
+        _size("hidden size", size)
+    _dropout(dropout)
     return MLP(_numel(input_shape), hidden, num_classes, dropout)
 
 
 @register_model
 def resmlp(input_shape, num_classes, width=110, blocks=2, dropout=0.2) -> nn.Module:
     """Residual MLP: FC(width), `blocks` residual blocks, FC(classes)."""
-    _positive("width", width)
-    _positive("blocks", blocks)
-    _probability("dropout", dropout)
+    _size("width", width)
+    _size("blocks", blocks, MAX_DEPTH)
+    _dropout(dropout)
     return ResidualMLP(_numel(input_shape), width, blocks, num_classes, dropout)
 
 
 @register_model
 def cnn(input_shape, num_classes, depth=3, width=64, max_width=256, hidden=128, dropout=0.2) -> nn.Module:
     """Plain CNN of `depth` conv layers."""
-    for name, value in (("depth", depth), ("width", width), ("max_width", max_width), ("hidden", hidden)):
-        _positive(name, value)
-    _probability("dropout", dropout)
+    _size("depth", depth, MAX_DEPTH)
+    for name, value in (("width", width), ("max_width", max_width), ("hidden", hidden)):
+        _size(name, value)
+    _dropout(dropout)
     return SimpleCNN(tuple(input_shape), num_classes, depth, width, max_width, hidden, dropout)
 
 
@@ -233,11 +237,11 @@ def noskipcnn(input_shape, num_classes, depth=3, width=64, max_width=256, downsa
 
 
 def _residual_cnn(input_shape, num_classes, depth, width, max_width, downsamples, dropout, skip) -> nn.Module:
-    for name, value in (("depth", depth), ("width", width), ("max_width", max_width)):
-        _positive(name, value)
-    if isinstance(downsamples, bool) or not isinstance(downsamples, int) or downsamples < 0:
-        raise ConfigError(f"downsamples must be a non-negative integer, got {downsamples!r}")
-    _probability("dropout", dropout)
+    _size("depth", depth, MAX_DEPTH)
+    for name, value in (("width", width), ("max_width", max_width)):
+        _size(name, value)
+    check_int("downsamples", downsamples, minimum=0, maximum=MAX_DEPTH)
+    _dropout(dropout)
     return ResidualCNN(tuple(input_shape), num_classes, depth, width, max_width, downsamples, dropout, skip)
 
 

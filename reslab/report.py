@@ -9,11 +9,10 @@ import numpy as np
 
 from . import plots
 from .analysis import epoch_grad_norms
-from .config import TrainConfig, load_yaml
-from .run import read_json, read_jsonl
+from .config import TrainConfig, TransferSettings, load_yaml
 from .errors import ReslabError
-from .study import apply_profile
-from .transfer import TransferSettings
+from .experiments import apply_profile
+from .runfolder import read_json, read_jsonl
 
 REFERENCE_NOTE = "Reference: the reference lab's figure; Target: what this study sets out to reach (— = none given)."
 
@@ -251,7 +250,7 @@ def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, pr
     path = folder / "gradient_flow.json"
     if not path.is_file():
         return []
-    flows = read_json(path)
+    flows = read_json(path, list)
     labels = list(flows[0]["models"])
     norms = {label: {} for label in labels}
     for flow in flows:

@@ -1,7 +1,6 @@
-"""Where a run's numbers go: the console, metrics.jsonl, and Weights & Biases when it is available."""
+"""Where a run's numbers go besides its folder: the console, and Weights & Biases when it is available."""
 from __future__ import annotations
 
-import json
 import math
 import netrc
 import os
@@ -60,23 +59,6 @@ class ConsoleTracker(Tracker):
               f"{record['seconds']:.1f}s", flush=True)
 
 
-class JsonlTracker(Tracker):
-    """metrics.jsonl: one JSON object per epoch, flushed as it is written."""
-
-    def __init__(self, path: str | Path, history: list[dict[str, Any]] | None = None):
-        self.path = Path(path)
-        # A resumed run rewrites the file from its checkpoint's history, dropping epochs the crash lost.
-        with open(self.path, "w") as f:
-            for record in history or []:
-                f.write(json.dumps(record) + "\n")
-
-    def log_epoch(self, record):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
 class WandbTracker(Tracker):
     """Weights & Biases run; any trouble becomes one warning and the run goes on without it."""
 
@@ -130,6 +112,15 @@ class WandbTracker(Tracker):
         except Exception as exc:
             _warn(f"W&B failed ({type(exc).__name__}: {exc}); W&B logging is off for the rest of the run")
             self.run = None
+
+
+def wandb_tracker(config: Any, run_dir: Path, name: str | None = None, job_type: str | None = None,
+                  run_id: str | None = None) -> WandbTracker | None:
+    """The W&B run a TrainConfig asks for (None when `wandb` is disabled), in its experiment's group."""
+    if config.wandb == "disabled":
+        return None
+    return WandbTracker(config.wandb, run_dir, config.wandb_project, name or config.run_name, config.wandb_group,
+                        job_type or config.wandb_job_type, run_id)
 
 
 def resolve_wandb_mode(mode: str) -> str:

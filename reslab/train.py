@@ -3,24 +3,23 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, read_checkpoint, save_atomic
+from .checkpoint import checkpoint_dict, commit_best, last_checkpoint, recover_best, save_atomic, stage_best
 from .config import TrainConfig
-from .errors import ConfigError, ReslabError
-from .loader import TensorLoader
+from .device import autocast_for, resolve_device, restore_rng
+from .early_stopping import EarlyStopping, StopReason
+from .errors import ConfigError
+from .evaluate import Batches, loss_and_accuracy, on_device
 from .tracking import Tracker
 
 # How many batches may pass between host checks for a non-finite loss; each check is a CPU-GPU sync.
@@ -28,65 +27,12 @@ NAN_CHECK_EVERY = 20
 
 
 @dataclass
-class EarlyStopping:
-    """The stagnation and overfitting rules; state is saved with the checkpoint so a resumed run stops alike.
-
-    stagnation: an epoch improves when ``val_loss < best_val_loss - min_delta`` (best_val_loss is the val loss of
-    the last improving epoch); otherwise ``wait += 1`` and stop when ``wait >= patience`` (so patience 0 stops at
-    the first epoch that does not improve).
-    overfitting: an epoch overfits when ``val_loss > best_val_loss * (1 + overfit_ratio) + overfit_delta`` (best
-    before this epoch); stop after ``overfit_patience`` overfitting epochs in a row. The default margin is
-    relative (ratio 0.15, delta 0: Prechelt's generalization loss above 15%), so it scales with the loss; ratio 0
-    with delta 0.02 is the older absolute rule. If both rules fire together the reason is overfitting.
-    """
-
-    patience: int = 5
-    min_delta: float = 0.0
-    overfit_patience: int = 3
-    overfit_delta: float = 0.0
-    stagnation_stop: bool = True
-    overfit_stop: bool = True
-    overfit_ratio: float = 0.15
-    best_val_loss: float = math.inf
-    wait: int = 0
-    overfit_count: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "EarlyStopping":
-        return cls(cfg.patience, cfg.min_delta, cfg.overfit_patience, cfg.overfit_delta,
-                   cfg.stagnation_stop, cfg.overfit_stop, cfg.overfit_ratio)
-
-    def step(self, val_loss: float) -> tuple[bool, str | None]:
-        """Feed one epoch's val loss; return (improved, stop reason or None)."""
-        if not math.isfinite(val_loss):
-            return False, "nan"
-        overfitting = val_loss > self.best_val_loss * (1 + self.overfit_ratio) + self.overfit_delta
-        improved = val_loss < self.best_val_loss - self.min_delta
-        if improved:
-            self.best_val_loss, self.wait = val_loss, 0
-        else:
-            self.wait += 1
-        self.overfit_count = self.overfit_count + 1 if overfitting else 0
-        if self.overfit_stop and self.overfit_count >= self.overfit_patience:
-            return improved, "overfitting"
-        if self.stagnation_stop and not improved and self.wait >= self.patience:
-            return improved, "stagnation"
-        return improved, None
-
-    def state_dict(self) -> dict[str, float]:
-        return {"best_val_loss": self.best_val_loss, "wait": self.wait, "overfit_count": self.overfit_count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.best_val_loss, self.wait, self.overfit_count = state["best_val_loss"], state["wait"], state["overfit_count"]
-
-
-@dataclass
 class History:
     """What train_model returns: one record per epoch and how training ended."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
-    stopped_by: str = "max_epochs"
-    best_epoch: int = 0
+    stopped_by: StopReason = StopReason.MAX_EPOCHS
+    best_epoch: int = 0              # 0: no epoch finished, the weights are the initial ones
     best_val_loss: float = math.inf
     train_seconds: float = 0.0
     nan_at: str | None = None        # "epoch E, batch B" when a non-finite loss stopped training
@@ -118,56 +64,6 @@ class StopSignals:
         print("\nstopping after this batch (press Ctrl-C again to quit at once)", flush=True)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for 'auto'; otherwise the named device, which must exist on this machine."""
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name}: this machine has no CUDA device for torch {torch.__version__} "
-                          "(use --device cpu, or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not mps:
-        raise ConfigError(f"device {name}: MPS is not available here (use --device cpu, or auto)")
-    return device
-
-
-def capture_rng() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states (weights-only-loadable types)."""
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()),
-                                                     *np_state[2:]), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Undo capture_rng."""
-    random.setstate(_as_tuple(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def autocast_for(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when amp is on; a no-op elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam with the config's learning rate and weight decay; the fused kernel on CPU and CUDA."""
     # Fused updates every parameter in one pass instead of a chain of ops per tensor: fewer kernel launches on
@@ -176,20 +72,34 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
                             fused=True if device.type in ("cpu", "cuda") else None)
 
 
-def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: TensorLoader, config: TrainConfig,
+def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainConfig | None = None, *,
                 tracker: Tracker | None = None, run_dir: str | Path | None = None,
                 checkpoint_meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
-                distributed: Any = None) -> History:
-    """Train with Adam, validate each epoch, stop early by the two rules, keep the best weights.
+                device: torch.device | str | None = None, distributed: Any = None) -> History:
+    """Train with Adam, validate every epoch, stop early by the two rules; on return the model holds the best weights.
 
-    With `run_dir`, writes best_model.pth at every improving epoch and last.pth (everything needed to resume)
-    at every epoch end. `resume` is a loaded last.pth to continue from. On return the model holds the best
-    weights. `distributed` (a reslab.distributed.Context) all-reduces the epoch sums across ranks.
+    Args:
+        model: any nn.Module returning class logits; moved to the device.
+        train, val: iterables of (images, labels) batches: a torch DataLoader, reslab's TensorLoader, a list.
+            A batch is moved to the device; a TensorLoader's already lives there.
+        config: learning rate, weight decay, epochs and the early-stopping rules (default: TrainConfig()).
+        tracker: receives one record per epoch (epoch, train/val loss and accuracy, seconds).
+        run_dir: where to write best_model.pth (every improving epoch) and last.pth (every epoch: all a resume
+            needs); None writes nothing.
+        checkpoint_meta: what the checkpoints should say about the data (dataset, classes, normalization).
+        resume: a loaded last.pth to continue from (run_dir must hold its best_model.pth).
+        device: where to train (default: the TensorLoader's device, else config.device).
+        distributed: a reslab.distributed.Context under torchrun (epoch sums are all-reduced).
+
+    Returns:
+        History: the per-epoch records, the stop reason, the best epoch and its val loss, the training time.
     """
-    device = train_loader.device
-    if len(train_loader) == 0:
-        raise ConfigError(f"no training images for this process: the training split has too few for "
-                          f"{train_loader.world_size} rank(s)")
+    config = config if config is not None else TrainConfig()
+    device = torch.device(device) if device is not None else getattr(train, "device", None) or \
+        resolve_device(config.device)
+    if hasattr(train, "__len__") and len(train) == 0:   # type: ignore[arg-type]
+        raise ConfigError(f"no training batches: the training split is empty"
+                          f"{f' for {distributed.world_size} rank(s)' if distributed is not None else ''}")
     model.to(device)
     optimizer = make_optimizer(model, config, device)
     stopper = EarlyStopping.from_config(config)
@@ -197,47 +107,45 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
     run_dir = Path(run_dir) if run_dir is not None else None
     meta = dict(checkpoint_meta or {})
     first_epoch = 1
+    best_state = copy.deepcopy(model.state_dict())
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         optimizer.load_state_dict(resume["optimizer"])
         stopper.load_state_dict(resume["early_stopping"])
-        train_loader.load_state_dict(resume["loader"])
+        if resume.get("loader") is not None and hasattr(train, "load_state_dict"):
+            train.load_state_dict(resume["loader"])
         restore_rng(resume["rng"])
         history.epochs = list(resume["history"])
         history.best_epoch = resume["best_epoch"]
         history.train_seconds = resume["train_seconds"]
         first_epoch = resume["epoch"] + 1
-    best_state = copy.deepcopy(model.state_dict())
-    if resume is not None and history.best_epoch > 0 and run_dir is not None:
-        # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
-        best_path = run_dir / "best_model.pth"
-        if not best_path.is_file():
-            raise ReslabError(f"cannot resume: {best_path} (the weights of epoch {history.best_epoch}) is missing")
-        best_state = read_checkpoint(best_path)["state_dict"]
+        if history.best_epoch > 0 and run_dir is not None:
+            # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
+            best_state = recover_best(run_dir, history.best_epoch)
     step_model = distributed.wrap(model) if distributed is not None else model
     if config.compile:
         step_model = torch.compile(step_model)
     grad_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    stopped_by = "max_epochs"
+    stopped_by = StopReason.MAX_EPOCHS
 
     with StopSignals() as signals:
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
-            train = _train_epoch(step_model, train_loader, optimizer, config, signals,
-                                 grad_params if config.log_grad_norms else None, distributed)
-            if train.get("nan_batch") is not None:
-                history.nan_at = f"epoch {epoch}, batch {train['nan_batch']}"
-                stopped_by = "nan"
+            result = train_epoch(step_model, train, optimizer, config, device, signals=signals,
+                                 grad_params=grad_params if config.log_grad_norms else None, distributed=distributed)
+            if result.get("nan_batch") is not None:
+                history.nan_at = f"epoch {epoch}, batch {result['nan_batch']}"
+                stopped_by = StopReason.NAN
                 break
-            if train.get("interrupted"):
-                stopped_by = "interrupted"
+            if result.get("interrupted"):
+                stopped_by = StopReason.INTERRUPTED
                 break
-            val_loss, val_accuracy = evaluate_loss_accuracy(step_model, val_loader, config.amp, distributed)
+            val_loss, val_accuracy = loss_and_accuracy(step_model, val, config.amp, distributed)
             seconds = time.perf_counter() - start
             history.train_seconds += seconds
-            record = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+            record = {"epoch": epoch, "train_loss": result["loss"], "train_accuracy": result["accuracy"],
                       "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": round(seconds, 4)}
-            record.update(train.get("grad_norms", {}))
+            record.update(result.get("grad_norms", {}))
             history.epochs.append(record)
             improved, reason = stopper.step(val_loss)
             if improved:
@@ -246,16 +154,20 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
             if tracker is not None:
                 tracker.log_epoch(record)
             if run_dir is not None:
-                snapshot = _checkpoint(model, meta, config, record)   # one CPU copy of the weights for both files
+                snapshot = checkpoint_dict(model, meta, config, record)   # one CPU copy of the weights for both
+                # The new best is staged, last.pth (which names the best epoch) written, then the best committed:
+                # a kill at any moment leaves a best_model.pth that matches last.pth's best epoch after recovery.
                 if improved:
-                    save_atomic(snapshot, run_dir / "best_model.pth")
-                save_atomic(last_checkpoint(snapshot, optimizer, stopper, train_loader, history, meta.get("wandb_id")),
+                    stage_best(snapshot, run_dir)
+                save_atomic(last_checkpoint(snapshot, optimizer, stopper, train, history, meta.get("wandb_id")),
                             run_dir / "last.pth")
+                if improved:
+                    commit_best(run_dir)
             if reason:
                 stopped_by = reason
                 break
             if distributed.any(signals.requested) if distributed is not None else signals.requested:
-                stopped_by = "interrupted"
+                stopped_by = StopReason.INTERRUPTED
                 break
     history.stopped_by = stopped_by
     history.best_val_loss = stopper.best_val_loss
@@ -263,38 +175,22 @@ def train_model(model: nn.Module, train_loader: TensorLoader, val_loader: Tensor
     return history
 
 
-def _checkpoint(model: nn.Module, meta: dict[str, Any], config: TrainConfig, record: dict[str, Any]) -> dict:
-    """The self-describing part of a checkpoint: weights, model, dataset, normalization, config, epoch, metrics."""
-    spec = getattr(model, "reslab_spec", {"name": config.model, "args": config.model_args})
-    return {"format": FORMAT, "model": spec["name"], "model_args": dict(spec["args"]),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": config.to_dict(), "epoch": record["epoch"], "val_loss": record["val_loss"],
-            "val_accuracy": record["val_accuracy"], **{k: v for k, v in meta.items() if k != "wandb_id"}}
-
-
-def last_checkpoint(snapshot: dict[str, Any], optimizer: torch.optim.Optimizer, stopper: EarlyStopping,
-                    loader: TensorLoader, history: History, wandb_id: str | None) -> dict[str, Any]:
-    """last.pth: a checkpoint (see _checkpoint) plus everything a resume needs, but not the best weights."""
-    return {**snapshot, "optimizer": optimizer.state_dict(), "early_stopping": stopper.state_dict(),
-            "loader": loader.state_dict(), "rng": capture_rng(), "history": history.epochs,
-            "best_epoch": history.best_epoch, "train_seconds": history.train_seconds, "wandb_id": wandb_id}
-
-
-def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 signals: StopSignals, grad_params: list | None, distributed: Any) -> dict[str, Any]:
-    """One pass over the training data; per-batch results stay on the device and are read once at the end."""
+def train_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                device: torch.device, *, signals: StopSignals | None = None, grad_params: list | None = None,
+                distributed: Any = None) -> dict[str, Any]:
+    """One pass over the training batches; per-batch results stay on the device and are read once at the end."""
     model.train()
-    device = loader.device
     # Per-batch results are kept as device tensors and combined once at the end of the epoch: one small op per
-    # batch (the argmax), no host sync.
+    # batch (the argmax), no host sync. Batch sizes are known on the host without one.
     losses: list[torch.Tensor] = []
     predictions: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
+    sizes: list[int] = []
     grad_sums = torch.zeros(len(grad_params), device=device) if grad_params else None
     criterion = nn.CrossEntropyLoss()
     # Under DDP every rank must run the same number of steps, so mid-epoch stops wait for the epoch's end.
     stop_mid_epoch = distributed is None
-    for i, (x, y) in enumerate(_progress(loader, "train")):
+    for i, (x, y) in enumerate(_progress(on_device(batches, device), batches)):
         with autocast_for(device, config.amp):
             logits = model(x)
             loss = criterion(logits.float(), y)
@@ -306,22 +202,23 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
         losses.append(loss.detach())
         predictions.append(logits.argmax(1))
         targets.append(y)
+        sizes.append(len(y))
         if stop_mid_epoch:
             # Look for a non-finite loss only every NAN_CHECK_EVERY batches: each look is a CPU-GPU sync.
             if (i + 1) % NAN_CHECK_EVERY == 0 and not torch.stack(losses[-NAN_CHECK_EVERY:]).isfinite().all():
                 break
-            if signals.requested:
+            if signals is not None and signals.requested:
                 return {"interrupted": True}
+    if not losses:
+        raise ConfigError("no training batches: the training loader yielded nothing")
     batch_losses = torch.stack(losses)
     bad = ~batch_losses.isfinite()
     first_bad = torch.where(bad.any(), bad.int().argmax(), -1)   # argmax: the first bad batch
-    # Every batch is full but the last: weight the last batch's mean loss by its own size.
-    seen = loader.num_samples
-    last = seen - (len(loader) - 1) * loader.batch_size
-    loss_sum = batch_losses[:-1].sum() * loader.batch_size + batch_losses[-1] * last
+    # Each batch's mean loss weighted by its size: the epoch's mean over samples.
+    loss_sum = batch_losses @ torch.tensor(sizes, dtype=batch_losses.dtype, device=device)
     hits = (torch.cat(predictions) == torch.cat(targets)).sum()
-    totals = torch.stack([loss_sum, hits.to(loss_sum.dtype), torch.tensor(float(seen), device=device),
-                          bad.sum().to(loss_sum.dtype)])
+    totals = torch.stack([loss_sum, hits.to(loss_sum.dtype),
+                          torch.tensor(float(sum(sizes)), device=device), bad.sum().to(loss_sum.dtype)])
     if distributed is not None:   # summed over ranks, so every rank sees a bad batch of any rank
         totals = distributed.all_reduce_sum(totals)
     # The one host sync of the epoch.
@@ -329,36 +226,14 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
     if bad_total > 0:
         return {"nan_batch": int(first) + 1 if first >= 0 else 1}
     result: dict[str, Any] = {"loss": loss_total / count, "accuracy": correct_total / count}
-    if grad_sums is not None:
-        norms = (grad_sums / max(len(loader), 1)).tolist()
+    if grad_sums is not None and grad_params:
+        norms = (grad_sums / len(sizes)).tolist()
         result["grad_norms"] = {f"grad_2.0_norm/{n}": v for (n, _), v in zip(grad_params, norms)}
     return result
 
 
-@torch.inference_mode()
-def evaluate_loss_accuracy(model: nn.Module, loader: TensorLoader, amp: bool = True,
-                           distributed: Any = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a loader, summed on the device."""
-    model.eval()
-    device = loader.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    count = 0
-    for x, y in loader:
-        with autocast_for(device, amp):
-            logits = model(x).float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        count += len(y)
-    totals = torch.stack([loss_sum, correct, torch.tensor(float(count), device=device)])
-    if distributed is not None:
-        totals = distributed.all_reduce_sum(totals)
-    loss_total, correct_total, n = totals.tolist()
-    return loss_total / max(n, 1), correct_total / max(n, 1)
-
-
-def _progress(loader: TensorLoader, desc: str):
-    """A progress bar over the batches when stderr is a terminal; the plain loader otherwise."""
+def _progress(batches: Iterable, source: Any) -> Iterable:
+    """A progress bar over the batches when stderr is a terminal; the batches themselves otherwise."""
     if not sys.stderr.isatty():
-        return loader
-    return tqdm(loader, desc=desc, leave=False, total=len(loader))
+        return batches
+    return tqdm(batches, desc="train", leave=False, total=len(source) if hasattr(source, "__len__") else None)

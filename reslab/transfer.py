@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -19,49 +16,17 @@ from sklearn.svm import LinearSVC
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, check_keys
+from .config import PROBES, TrainConfig, TransferSettings, settings_where
 from .datasets import Dataset, load_dataset
-from .errors import ConfigError, ReslabError
+from .device import hardware_name, resolve_device, seed_everything, set_threads, to_channels_last
+from .early_stopping import StopReason
+from .errors import ReslabError
 from .evaluate import classification_metrics, evaluate
-from .loader import TensorLoader
-from .run import (checkpoint_meta, hardware_name, make_loaders, prepare_run_dir, print_summary, read_json,
-                  run_facts, seed_everything, split_indices, test_summary, write_json_atomic)
-from .tracking import ConsoleTracker, JsonlTracker, Tracker, Trackers, WandbTracker
-from .train import resolve_device, train_model
-
-PROBES = ("svm", "knn", "logreg")
-METHODS = PROBES + ("finetune", "staged")
-
-
-@dataclass
-class TransferSettings:
-    """How the frozen features are probed and how staged fine-tuning is split."""
-
-    svm_c: float = 1.0                   # LinearSVC regularization, on standardized features
-    knn_k: int = 5
-    logreg_c: float = 1.0                # LogisticRegression regularization, on standardized features
-    probe_max_train: int | None = None   # fit the probes on at most this many training images (stratified)
-    head_epochs: int = 3                 # staged: epochs that train the head alone before everything is trained
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "transfer") -> "TransferSettings":
-        """Build and validate; an unknown key is an error naming the closest valid one."""
-        check_keys(values, [f.name for f in dataclasses.fields(cls)], source)
-        settings = cls(**values)
-        for name in ("svm_c", "logreg_c"):
-            value = getattr(settings, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{source}: {name} must be a number > 0, got {value!r}")
-        for name, minimum in (("knn_k", 1), ("head_epochs", 1), ("probe_max_train", 1)):
-            value = getattr(settings, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise ConfigError(f"{source}: {name} must be an integer >= {minimum}, got {value!r}")
-        unknown = [m for m in settings.methods if m not in METHODS]
-        if unknown or not settings.methods:
-            raise ConfigError(f"{source}: methods must be a non-empty list of {', '.join(METHODS)}, "
-                              f"got {settings.methods!r}")
-        return settings
+from .loader import TensorLoader, make_loaders, split_indices
+from .run import checkpoint_meta, print_summary, run_facts, training_summary
+from .runfolder import RunFolder, read_json
+from .tracking import Tracker, wandb_tracker
+from .train import History, train_model
 
 
 def load_target(config: TrainConfig) -> Dataset:
@@ -134,11 +99,9 @@ def check_input_shape(checkpoint: dict[str, Any], path: Path, data: Dataset) -> 
 
 def run_settings(method: str, config: TrainConfig, settings: TransferSettings, checkpoint: Path) -> dict[str, Any]:
     """The settings that decide one transfer run's result, as saved in its config.yaml."""
-    keys = ("dataset", "val_fraction", "train_subset", "seed")
-    if method in ("finetune", "staged"):
-        keys += ("epochs", "batch_size", "lr", "weight_decay", "stagnation_stop", "patience", "min_delta",
-                 "overfit_stop", "overfit_patience", "overfit_ratio", "overfit_delta", "augment")
-    values = {k: getattr(config, k) for k in keys}
+    # A probe's result depends on the data split alone; fine-tuning's on how the network is trained too.
+    kinds = ("data", "training") if method in ("finetune", "staged") else ("data",)
+    values = {k: getattr(config, k) for k in settings_where(result=kinds)}
     extra = {"svm": ("svm_c", "probe_max_train"), "knn": ("knn_k", "probe_max_train"),
              "logreg": ("logreg_c", "probe_max_train"), "finetune": (), "staged": ("head_epochs",)}[method]
     return {**values, **{k: getattr(settings, k) for k in extra}, "method": method,
@@ -168,11 +131,11 @@ def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, sett
 
 def probe_runs(model: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], data: Dataset, config: TrainConfig,
                settings: TransferSettings, folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Fit each probe on frozen features of the training split and test it; one summary.json per probe."""
+    """Fit each probe on frozen features of the training split and test it; one run folder per probe."""
     device = resolve_device(config.device)
-    # As in training, conv nets run in channels_last: 1.6x faster feature extraction on 2 CPU cores.
-    channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    set_threads(config.threads)
+    channels_last = to_channels_last(model)   # 1.6x faster feature extraction on 2 CPU cores
+    model.to(device)
     train_idx = training_indices(data, config, settings.probe_max_train)
     # The frozen network sees its inputs normalized as in its own training.
     norm = ckpt["normalization"]
@@ -187,31 +150,27 @@ def probe_runs(model: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
           f"{extract_seconds:.1f}s", flush=True)
     summaries = {}
     for method in methods:
-        probe = make_probes(settings)[method]
-        start = time.perf_counter()
-        probe.fit(train_x, train_y)
-        predictions = probe.predict(test_x)
-        seconds = time.perf_counter() - start
-        metrics = classification_metrics(test_y, predictions, data.num_classes)
-        summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"],
-                   "dataset": data.name, **source, "seed": config.seed, "test_accuracy": metrics["accuracy"],
-                   "test_precision": metrics["precision"], "test_recall": metrics["recall"],
-                   "test_f1": metrics["f1"], "num_features": int(train_x.shape[1]),
-                   "num_train": len(train_y), "num_test": len(test_y), "train_seconds": round(seconds, 3),
-                   "extract_seconds": round(extract_seconds, 3), "data_official": data.official,
-                   "data_provenance": data.provenance,
-                   "device": str(device), "hardware": hardware_name(device),
-                   "test_confusion_matrix": metrics["confusion_matrix"]}
         run_dir = folder / f"{method}-seed{config.seed}"
-        prepare_run_dir(run_dir, resume=False, overwrite=True)
         settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(settings_used, sort_keys=False))
-        write_json_atomic(run_dir / "summary.json", summary)
-        if config.wandb != "disabled":   # a one-point W&B run, so the group's charts show the probes too
-            wandb = WandbTracker(config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
-            wandb.start(settings_used)
-            wandb.log_summary(summary)
-            wandb.finish()
+        # A one-point W&B run, so the group's charts show the probes too.
+        wandb = wandb_tracker(config, run_dir, name=run_dir.name, job_type=method)
+        with RunFolder(run_dir, settings_used, wandb=wandb, overwrite=True) as run:
+            probe = make_probes(settings)[method]
+            start = time.perf_counter()
+            probe.fit(train_x, train_y)
+            predictions = probe.predict(test_x)
+            seconds = time.perf_counter() - start
+            metrics = classification_metrics(test_y, predictions, data.num_classes)
+            summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"],
+                       "dataset": data.name, **source, "seed": config.seed, "test_accuracy": metrics["accuracy"],
+                       "test_precision": metrics["precision"], "test_recall": metrics["recall"],
+                       "test_f1": metrics["f1"], "num_features": int(train_x.shape[1]),
+                       "num_train": len(train_y), "num_test": len(test_y), "train_seconds": round(seconds, 3),
+                       "extract_seconds": round(extract_seconds, 3), "data_official": data.official,
+                       "data_provenance": data.provenance, "device": str(device), "hardware": hardware_name(device),
+                       "num_parameters": sum(p.numel() for p in model.parameters()),
+                       "test_confusion_matrix": metrics["confusion_matrix"]}
+            run.finish(summary)
         print(f"{method}: test accuracy {100 * metrics['accuracy']:.2f}%  ({seconds:.1f}s)", flush=True)
         summaries[method] = summary
     return summaries
@@ -238,30 +197,22 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
     """Train the source network with a fresh head on the target; `staged` trains the head alone first."""
     run_dir = folder / f"{method}-seed{config.seed}"
     config = config.replace(name=run_dir.name, out=str(folder), wandb_job_type=method)
-    prepare_run_dir(run_dir, resume=False, overwrite=True)
     seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        config = config.replace(threads=set_threads(config.threads))
     model = with_new_head(network, data.num_classes)
-    # As run_training does: conv nets train in channels_last, on CUDA and on the CPU.
-    channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = to_channels_last(model)
     loaders = make_loaders(data, config, device, channels_last=channels_last)
     facts = run_facts(data, loaders, model, device)
     settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
-    full_config = {**config.to_dict(), **facts, **settings_used}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
     meta = checkpoint_meta(data, facts)
-    wandb = None if config.wandb == "disabled" else WandbTracker(
-        config.wandb, run_dir, config.wandb_project, run_dir.name, config.wandb_group, method)
-    trackers = Trackers(ConsoleTracker(config.epochs), JsonlTracker(run_dir / "metrics.jsonl"), wandb)
-    trackers.start(full_config)
     # Staged and full fine-tuning get the same epoch budget; the last epoch at least trains everything.
     head_epochs = min(settings.head_epochs, config.epochs - 1) if method == "staged" else 0
     phases = ([("head", head_epochs)] if head_epochs else []) + [("all", config.epochs - head_epochs)]
-    histories = []
-    exit_code = 1
-    try:
+    histories: list[History] = []
+    with RunFolder(run_dir, {**config.to_dict(), **facts, **settings_used}, wandb=wandb_tracker(config, run_dir),
+                   console_epochs=config.epochs, overwrite=True) as run:
         for phase, epochs in phases:
             head = model.get_submodule(classifier_name(model))
             for p in model.parameters():
@@ -269,25 +220,24 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
             for p in head.parameters():
                 p.requires_grad_(True)
             offset = sum(len(h.epochs) for h in histories)
-            histories.append(train_model(model, loaders["train"], loaders["val"], config.replace(epochs=epochs),
-                                         _PhaseTracker(trackers, offset, phase), run_dir, meta))
-            if histories[-1].stopped_by in ("interrupted", "nan"):
+            histories.append(train_model(model, loaders.train, loaders.val, config.replace(epochs=epochs),
+                                         tracker=_PhaseTracker(run.trackers, offset, phase), run_dir=run_dir,
+                                         checkpoint_meta=meta, device=device))
+            if histories[-1].stopped_by in (StopReason.INTERRUPTED, StopReason.NAN):
                 break
-        test = evaluate(model, loaders["test"], data.num_classes, config.amp)
-        last = histories[-1]
+        test = evaluate(model, loaders.test, data.num_classes, config.amp)
         summary = {"method": method, "model": ckpt["model"], "model_args": ckpt["model_args"], "dataset": data.name,
-                   **source, "seed": config.seed, "epochs_run": sum(len(h.epochs) for h in histories),
-                   "best_epoch": sum(len(h.epochs) for h in histories[:-1]) + last.best_epoch,
-                   "best_val_loss": last.best_val_loss, "stopped_by": last.stopped_by,
-                   "head_epochs": len(histories[0].epochs) if head_epochs else 0,
-                   "train_seconds": round(sum(h.train_seconds for h in histories), 3),
-                   **test_summary(test, data, device, facts)}
-        if last.nan_at:
-            summary["nan_at"] = last.nan_at
-        write_json_atomic(run_dir / "summary.json", summary)
-        trackers.log_summary(summary)
-        exit_code = 0
-    finally:
-        trackers.finish(exit_code)
+                   **source, "seed": config.seed, "head_epochs": len(histories[0].epochs) if head_epochs else 0,
+                   **training_summary(_joined(histories), test, data, device, facts)}
+        run.finish(summary)
     print_summary(summary, run_dir, config)
     return summary
+
+
+def _joined(histories: list[History]) -> History:
+    """The phases of a staged fine-tuning as one history: epochs numbered on, the last phase's ending."""
+    last = histories[-1]
+    return History(epochs=[r for h in histories for r in h.epochs], stopped_by=last.stopped_by,
+                   best_epoch=sum(len(h.epochs) for h in histories[:-1]) + last.best_epoch,
+                   best_val_loss=last.best_val_loss, train_seconds=sum(h.train_seconds for h in histories),
+                   nan_at=last.nan_at)

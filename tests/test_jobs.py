@@ -46,7 +46,7 @@ def test_jobs_give_the_same_runs_as_one_at_a_time(tmp_path, tiny_data, capfd):
 
 @pytest.mark.parametrize("jobs", [0, -1, True, 1.5])
 def test_bad_jobs_is_a_config_error(tmp_path, jobs):
-    with pytest.raises(ConfigError, match="jobs must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"jobs must be an integer in \[1, 256\]"):
         study.run_experiment("ex1", overrides={"out": str(tmp_path)}, jobs=jobs)
 
 

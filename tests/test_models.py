@@ -184,18 +184,18 @@ def test_unknown_argument_names_it_and_the_valid_ones():
 
 
 @pytest.mark.parametrize("name, kwargs, phrase", [
-    ("rescnn", {"depth": 0}, "depth must be a positive integer, got 0"),
-    ("cnn", {"depth": 0}, "depth must be a positive integer, got 0"),
-    ("cnn", {"depth": 2.5}, "depth must be a positive integer, got 2.5"),
-    ("rescnn", {"width": -8}, "width must be a positive integer"),
-    ("resmlp", {"blocks": 0}, "blocks must be a positive integer"),
-    ("mlp", {"hidden": [128, 0]}, "hidden size must be a positive integer, got 0"),
-    ("mlp", {"dropout": 1.5}, "dropout must be in [0, 1), got 1.5"),
-    ("rescnn", {"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
-    ("resmlp", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
-    ("rescnn", {"downsamples": -1}, "downsamples must be a non-negative integer"),
-    ("noskipcnn", {"depth": 0}, "depth must be a positive integer, got 0"),
-    ("noskipcnn", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    ("rescnn", {"depth": 0}, "depth must be an integer in [1, 1000], got 0"),
+    ("cnn", {"depth": 0}, "depth must be an integer in [1, 1000], got 0"),
+    ("cnn", {"depth": 2.5}, "depth must be an integer in [1, 1000], got 2.5"),
+    ("rescnn", {"width": -8}, "width must be an integer in [1, 65536]"),
+    ("resmlp", {"blocks": 0}, "blocks must be an integer in [1, 1000]"),
+    ("mlp", {"hidden": [128, 0]}, "hidden size must be an integer in [1, 65536], got 0"),
+    ("mlp", {"dropout": 1.5}, "dropout must be a number in [0, 1), got 1.5"),
+    ("rescnn", {"dropout": -0.1}, "dropout must be a number in [0, 1), got -0.1"),
+    ("resmlp", {"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
+    ("rescnn", {"downsamples": -1}, "downsamples must be an integer in [0, 1000]"),
+    ("noskipcnn", {"depth": 0}, "depth must be an integer in [1, 1000], got 0"),
+    ("noskipcnn", {"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
 ])
 def test_bad_values_are_config_errors(name, kwargs, phrase):
     with pytest.raises(ConfigError) as exc:

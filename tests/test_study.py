@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fakedata import write_cifar10, write_idx_dataset
-from reslab import study
+from reslab import experiments, study
 from reslab.cli import main
 from reslab.errors import ConfigError, ReslabError
 
@@ -24,7 +24,7 @@ def core_files(run_dir: Path) -> set[str]:
 
 
 def test_list_experiments_names_every_shipped_file_with_its_description():
-    listed = dict(study.list_experiments())
+    listed = dict(experiments.list_experiments())
     assert list(listed) == SHIPPED
     assert all(listed.values())
 
@@ -32,15 +32,15 @@ def test_list_experiments_names_every_shipped_file_with_its_description():
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("profile", ["full", "quick"])
 def test_every_shipped_experiment_loads_and_validates(name, profile):
-    experiment = study.load_experiment(name, profile)
+    experiment = experiments.load_experiment(name, profile)
     assert experiment["name"] == name and experiment["profile"] == profile
     if experiment["kind"] == "train":
-        assert study.train_configs(experiment, 0, {}, Path("out"))
+        assert experiments.train_configs(experiment, 0, {}, Path("out"))
 
 
 def test_ex1_3_lists_plain_and_residual_cnn_and_the_no_skip_twin_at_three_depths():
-    experiment = study.load_experiment("ex1.3")
-    pairs = study.train_configs(experiment, 0, {}, Path("out"))
+    experiment = experiments.load_experiment("ex1.3")
+    pairs = experiments.train_configs(experiment, 0, {}, Path("out"))
     assert [label for label, _ in pairs] == ["cnn2", "cnn3", "cnn6", "rescnn2", "rescnn3", "rescnn6",
                                               "noskipcnn2", "noskipcnn3", "noskipcnn6"]
     configs = dict(pairs)
@@ -56,7 +56,7 @@ def test_profile_model_args_apply_to_every_model_that_takes_them(tmp_path):
     experiment = {"name": "x", "train": {"dataset": "mnist", "model_args": {"width": 8, "hidden": [16]}},
                   "models": [{"model": "mlp", "model_args": {"hidden": [32, 32]}},
                              {"model": "rescnn", "model_args": {"width": 64}, "depths": [2]}]}
-    configs = dict(study.train_configs(experiment, 0, {}, tmp_path))
+    configs = dict(experiments.train_configs(experiment, 0, {}, tmp_path))
     assert configs["mlp"].model_args == {"hidden": [16]}                 # mlp takes hidden, not width
     assert configs["rescnn2"].model_args == {"width": 8, "depth": 2}    # over the model's own width
 
@@ -65,15 +65,15 @@ def test_compare_must_name_the_experiment_s_models(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("models: [{model: mlp}, {model: resmlp}]\ncompare: [[resmlp, cnn]]\n")
     with pytest.raises(ConfigError, match="compare names 'cnn', which is not one of the experiment's models"):
-        study.load_experiment(path)
+        experiments.load_experiment(path)
     path.write_text("models: [{model: mlp}]\ncompare: [mlp]\n")
     with pytest.raises(ConfigError, match=r"compare must be a list of \[A, B\] model pairs"):
-        study.load_experiment(path)
+        experiments.load_experiment(path)
 
 
 def test_quick_profile_shrinks_what_the_file_says():
-    full = dict(study.train_configs(study.load_experiment("ex1.3", "full"), 0, {}, Path("o")))["rescnn6"]
-    quick = dict(study.train_configs(study.load_experiment("ex1.3", "quick"), 0, {}, Path("o")))["rescnn6"]
+    full = dict(experiments.train_configs(experiments.load_experiment("ex1.3", "full"), 0, {}, Path("o")))["rescnn6"]
+    quick = dict(experiments.train_configs(experiments.load_experiment("ex1.3", "quick"), 0, {}, Path("o")))["rescnn6"]
     assert (full.epochs, full.train_subset) == (30, None)
     assert (quick.epochs, quick.train_subset, quick.val_fraction) == (5, 5000, 0.02)
     assert quick.model_args == {"width": 16, "dropout": 0.2, "max_width": 64, "depth": 6}
@@ -81,7 +81,7 @@ def test_quick_profile_shrinks_what_the_file_says():
 
 
 def test_configs_carry_seed_folder_and_wandb_group(tmp_path):
-    configs = study.train_configs(study.load_experiment("ex1.2"), 2, {"lr": 0.01}, tmp_path / "ex1.2")
+    configs = experiments.train_configs(experiments.load_experiment("ex1.2"), 2, {"lr": 0.01}, tmp_path / "ex1.2")
     mlp, resmlp = (config for _, config in configs)
     assert (mlp.seed, mlp.lr, mlp.run_dir) == (2, 0.01, tmp_path / "ex1.2" / "mlp-seed2")
     assert (resmlp.wandb_group, resmlp.wandb_job_type) == ("ex1.2", "resmlp")
@@ -91,18 +91,18 @@ def test_unknown_key_names_the_closest_one(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("description: x\ntrain: {dataset: mnist}\nmodles:\n  - model: mlp\n")
     with pytest.raises(ConfigError, match="unknown setting 'modles'; did you mean 'models'"):
-        study.load_experiment(str(path))
+        experiments.load_experiment(str(path))
 
 
 @pytest.mark.parametrize("text, message", [
     ("models:\n  - model: mlp\n    model_args: {hiden: [3]}\n", "did you mean 'hidden'"),
     ("train: {epochz: 3}\nmodels:\n  - model: mlp\n", "did you mean 'epochs'"),
-    ("models:\n  - model: mlp\nprofiles:\n  quick: {train: {epochs: 0}}\n", "epochs must be >= 1"),
+    ("models:\n  - model: mlp\nprofiles:\n  quick: {train: {epochs: 0}}\n", "epochs must be an integer >= 1"),
     ("models:\n  - model: mlp\nprofiles:\n  fast: {}\n", "unknown profile 'fast'"),
     ("models:\n  - model: mlp\n    depths: [2]\n", "has no depth"),
     ("models:\n  - model: resnet\n", "unknown model 'resnet'"),
     ("models:\n  - model: cnn\n    depths: [2, 0]\n", "depths must be a list of positive integers"),
-    ("models:\n  - model: mlp\n    model_args: {dropout: 1.5}\n", r"mine.yaml: mlp: dropout must be in \[0, 1\)"),
+    ("models:\n  - model: mlp\n    model_args: {dropout: 1.5}\n", r"mine.yaml: mlp: dropout must be a number in \[0, 1\)"),
     ("train: {dataset: imagenet}\nmodels:\n  - model: mlp\n", "unknown dataset 'imagenet'"),
     ("kind: transfer\nsource: {experiment: ex1, checkpoint: a.pth}\n", "exactly one of"),
     ("kind: transfer\nsource: {experiment: ex1.3, model: rescnn, depth: 4}\n", "not 4"),
@@ -114,13 +114,13 @@ def test_bad_experiment_files_are_one_line_config_errors(tmp_path, text, message
     path = tmp_path / "mine.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message) as info:
-        study.load_experiment(str(path))
+        experiments.load_experiment(str(path))
     assert "\n" not in str(info.value)
 
 
 def test_unknown_experiment_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match="unknown experiment 'ex3'.*ex1"):
-        study.experiment_path("ex3")
+        experiments.experiment_path("ex3")
 
 
 def test_cli_flags_that_make_no_sense_for_an_experiment_are_refused(tmp_path, tiny_data):

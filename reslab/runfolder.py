@@ -1,0 +1,245 @@
+"""A run's folder: one writer at a time (a lock), its JSON files, and the lifecycle every kind of run shares.
+
+`RunFolder` is what `reslab train`, fine-tuning and the transfer probes all go through: check and lock the
+folder, write config.yaml, start the trackers (console, metrics.jsonl, W&B), write summary.json once the
+result is known, close the trackers and let go of the folder.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ReslabError
+from .tracking import ConsoleTracker, Tracker, Trackers, WandbTracker
+
+try:   # POSIX: a lock the kernel drops with its process, so a SIGKILL never leaves a stale one
+    import fcntl
+except ImportError:   # Windows: folders are not locked
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".reslab.lock"
+# The files that make a folder a reslab run (or an experiment's folder): --overwrite deletes only such folders.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best_model.pth", "summary.json", "study.json",
+             "experiment.yaml", "lab.json")
+
+
+class FolderLock:
+    """An exclusive OS lock on a folder for as long as one process writes in it (a context manager)."""
+
+    def __init__(self, folder: str | Path, what: str = "run folder"):
+        self.folder, self.what = Path(folder), what
+        self.file: Any = None
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock, or raise a one-line error naming the process that holds it."""
+        if fcntl is None or self.file is not None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            file = open(self.folder / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise ReslabError(f"output folder {self.folder} is not writable ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise ReslabError(f"{self.what} {self.folder} is in use by {holder}; wait for it to finish (or stop "
+                              "it) before writing there") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()}")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()   # closing the file drops the lock
+            self.file = None
+
+
+def is_reslab_folder(folder: Path) -> bool:
+    """Whether a folder holds a reslab run's or study's files (and so may be replaced by --overwrite)."""
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Fail early, before any work, if the run folder cannot be used as asked."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ReslabError(f"{run_dir} is a file, not a folder")
+    if resume and not (run_dir / "last.pth").is_file():
+        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
+    if not resume and entries and not is_reslab_folder(run_dir):
+        raise ReslabError(f"{run_dir} holds files that are not a reslab run; choose another --out or --name "
+                          "(reslab never deletes them, --overwrite included)")
+    if not resume and not overwrite and entries:
+        raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
+                          "replace it, or --name for a new one")
+
+
+def empty_folder(folder: Path) -> None:
+    """Delete everything in a folder but its lock (which the caller holds)."""
+    for entry in folder.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run folder (emptied first when overwriting), check it is writable, drop half-written temp files."""
+    check_run_dir(run_dir, resume, overwrite)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            empty_folder(run_dir)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ReslabError(f"output folder {run_dir} is not writable ({exc.strerror or exc})") from None
+    for stale in run_dir.glob(".*.tmp"):   # a checkpoint write that a crash cut short
+        stale.unlink()
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None: JSON files hold standard JSON only."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def write_yaml(path: Path, obj: Any) -> None:
+    """Write a YAML mapping (settings in their order) through a temp file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(finite(obj), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file of a run or study folder, of the expected kind; a missing or damaged one is a one-line error."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        why = "missing" if isinstance(exc, FileNotFoundError) else "damaged"
+        raise ReslabError(f"{path} is {why}; the folder is incomplete (rerun, with --overwrite to replace it)") from None
+    if not isinstance(value, kind):
+        raise ReslabError(f"{path} is damaged (not a JSON {'object' if kind is dict else 'list'}); rerun, with "
+                          "--overwrite to replace it")
+    return value
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (none when it is missing); a damaged line is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    except ValueError:
+        records = None
+    if records is None or not all(isinstance(r, dict) for r in records):
+        raise ReslabError(f"{path} is damaged (a line is not a JSON object); rerun, with --overwrite to replace it")
+    return records
+
+
+class JsonlTracker(Tracker):
+    """metrics.jsonl: one JSON object per epoch, flushed and synced as it is written."""
+
+    def __init__(self, path: str | Path, history: list[dict[str, Any]] | None = None):
+        self.path = Path(path)
+        # A resumed run rewrites the file from its checkpoint's history, dropping epochs the crash lost.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(finite(record), allow_nan=False) + "\n" for record in history or []))
+        os.replace(tmp, self.path)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(finite(record), allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class RunFolder:
+    """One run's folder from start to finish (a context manager).
+
+    On entry: lock the folder (a second writer gets a one-line error), check and prepare it, write config.yaml,
+    start the trackers. `finish(summary)` writes summary.json and hands the summary to the trackers. On exit:
+    close the trackers (W&B with the exit code) and release the lock. `lock` may be a FolderLock the caller
+    took already (to read the folder before deciding what to write).
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, wandb: WandbTracker | None = None,
+                 console_epochs: int | None = None, tracker: Tracker | None = None,
+                 history: list[dict[str, Any]] | None = None, resume: bool = False, overwrite: bool = False,
+                 lock: FolderLock | None = None):
+        self.run_dir, self.config = Path(run_dir), config
+        self.resume, self.overwrite = resume, overwrite
+        self.lock = lock if lock is not None else FolderLock(self.run_dir)
+        self.wandb = wandb
+        self._parts = (console_epochs, tracker, history)
+        self.trackers = Trackers()
+        self.exit_code = 1
+
+    def __enter__(self) -> "RunFolder":
+        self.lock.acquire()
+        try:
+            prepare_run_dir(self.run_dir, self.resume, self.overwrite)
+            write_yaml(self.run_dir / "config.yaml", self.config)
+            console_epochs, tracker, history = self._parts
+            self.trackers = Trackers(ConsoleTracker(console_epochs) if console_epochs else None,
+                                     JsonlTracker(self.run_dir / "metrics.jsonl", history or []), self.wandb, tracker)
+            self.trackers.start(self.config)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.run_id if self.wandb is not None else None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write summary.json (after the checkpoint it describes) and log the summary."""
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        self.trackers.log_summary(summary)
+        self.exit_code = 0
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.trackers.finish(self.exit_code)
+        finally:
+            self.lock.release()
