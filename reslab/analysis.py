@@ -6,8 +6,8 @@ from torch import nn
 
 from .config import TrainConfig
 from .datasets import Dataset, load_dataset
-from .models import build_model
 from .loader import make_loaders
+from .models import build_model
 
 GRAD_PREFIX = "grad_2.0_norm/"   # the key train_model logs per parameter when log_grad_norms is on
 
@@ -25,8 +25,8 @@ def init_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: in
     torch.manual_seed(seed)   # dropout draws its masks from the global generator: the same draw for every model
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
-    params = dict(model.named_parameters())
-    return {label: float(params[name].grad.norm(2)) for label, name in linear_layers(model)}
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    return {label: float(grads[name].norm(2)) for label, name in linear_layers(model)}
 
 
 def gradient_flow_at_init(configs: dict[str, TrainConfig], data: Dataset | None = None) -> dict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn
 
 from .errors import ReslabError
 
@@ -27,7 +28,7 @@ cifar-100-python) under --data-dir, else $RESLAB_DATA, else ./data; missing file
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake in one line (exit code 2)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -65,8 +66,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                                                        default=argparse.SUPPRESS, help=text)
         flags = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
         kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
-        text = meta["help"] + ("" if f.default is None or f.default == dataclasses.MISSING else
-                               f" (default {'on' if f.default is True else 'off' if f.default is False else f.default})")
+        shown = "on" if f.default is True else "off" if f.default is False else f.default
+        text = meta["help"] + ("" if f.default is None or f.default == dataclasses.MISSING else f" (default {shown})")
         options: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         if bool in kinds:
             options["action"] = argparse.BooleanOptionalAction
@@ -134,7 +135,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .run import run_training
     run_dir = Path(args.run_dir).resolve()   # `reslab resume .` names the folder by its real name
-    config = TrainConfig(out=str(run_dir.parent), name=run_dir.name)
+    config = TrainConfig(out=str(run_dir.parent), name=run_dir.name, data_dir=args.data_dir)
     summary = run_training(config, resume=True)
     return 130 if summary["stopped_by"] == "interrupted" else 0
 
@@ -215,14 +216,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reslab", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _add = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)   # every command takes --debug
 
-    p = sub.add_parser("train", help="train and test one model", description="Train one model with early "
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand; every command takes --debug."""
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("train", help="train and test one model", description="Train one model with early "
                        "stopping, keep the best weights, test them; writes runs/NAME/ (config.yaml, "
                        "metrics.jsonl, best_model.pth, last.pth, summary.json).")
     p.add_argument("--config", default=argparse.SUPPRESS, help="YAML file of settings (flags override it)")
@@ -232,11 +235,13 @@ def make_parser() -> argparse.ArgumentParser:
     _train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("resume", help="continue an interrupted run", description="Continue a run from its last.pth.")
+    p = command("resume", help="continue an interrupted run", description="Continue a run from its last.pth "
+                       "with its saved settings (a finished run is left as it is).")
     p.add_argument("run_dir", help="the run folder, e.g. runs/mlp-mnist-seed0")
+    p.add_argument("--data-dir", help="where the run's data is now, if it moved (default: where it was)")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("data", help="verify or download datasets",
+    p = command("data", help="verify or download datasets",
                        description="verify: list every file of every layout found in the data folder (CIFAR: the "
                        "binary folder cifar-10-batches-bin / cifar-100-binary and the python folder "
                        "cifar-10-batches-py / cifar-100-python), one line each, with whether its md5 is the official "
@@ -250,7 +255,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the datasets (default $RESLAB_DATA or ./data)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("evaluate", help="test a saved model (best_model.pth)",
+    p = command("evaluate", help="test a saved model (best_model.pth)",
                        description="Test a checkpoint on a dataset's test split (default: the one it was trained on).")
     p.add_argument("checkpoint", help="a best_model.pth or last.pth")
     p.add_argument("--dataset", help="dataset to test on (same image shape and classes)")
@@ -258,15 +263,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("models", help="list the models and their arguments")
+    p = command("models", help="list the models and their arguments")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("list", help="list the shipped experiments")
+    p = command("list", help="list the shipped experiments")
     p.set_defaults(func=cmd_list)
 
     for name, func, helptext in (("run", cmd_run, "run one experiment (a shipped name or a YAML file)"),
                                  ("lab", cmd_lab, "run the four reference exercises in order, then the report")):
-        p = sub.add_parser(name, help=helptext, description=helptext)
+        p = command(name, help=helptext, description=helptext)
         if name == "run":
             p.add_argument("experiment", help="experiment name (see `reslab list`) or a YAML file")
         p.add_argument("--seeds", type=int, default=1, help="repeat every model with seeds 0..N-1 (default 1)")
@@ -281,7 +286,7 @@ def make_parser() -> argparse.ArgumentParser:
         _train_options(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("report", help="regenerate report.md from run folders")
+    p = command("report", help="regenerate report.md from run folders")
     p.add_argument("folder", help="an experiment's or the lab's output folder")
     p.set_defaults(func=cmd_report)
     return parser
@@ -296,19 +301,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ReslabError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"reslab: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:   # a full disk, a vanished folder: say what and where, not a traceback
-        if args.debug:
-            traceback.print_exc()
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"reslab: error: {exc.strerror or exc}{where} (rerun with --debug for details)", file=sys.stderr)
-        return 1
+        return _one_line(str(exc), args.debug)
     except KeyboardInterrupt:
         print("reslab: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:   # a full disk, a vanished folder, even wrapped in another error: what and where
+        from .runfolder import find_os_error
+        error = find_os_error(exc)
+        if error is None:
+            raise   # a bug: the traceback says where
+        where = f": {error.filename}" if error.filename else ""
+        return _one_line(f"{_lower_first(error.strerror or str(error))}{where}", args.debug)
+
+
+def _one_line(message: str, debug: bool) -> int:
+    """Say what went wrong in one line on stderr (with the traceback first under --debug); exit code 2."""
+    if debug:
+        traceback.print_exc()
+    print(f"reslab: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _lower_first(text: str) -> str:
+    """'No space left on device' -> 'no space left on device', as reslab's own messages read."""
+    return text[:1].lower() + text[1:]
 
 
 def entry() -> None:

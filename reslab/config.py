@@ -137,12 +137,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from a mapping; an unknown key is an error that names the closest valid key."""
         check_keys(values, [f.name for f in dataclasses.fields(cls)], source)
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some settings changed (validated again)."""
         check_keys(changes, [f.name for f in dataclasses.fields(self)], "override")
         return dataclasses.replace(self, **changes)
@@ -177,7 +177,7 @@ class TransferSettings:
     methods: list[str] = field(default_factory=lambda: list(TRANSFER_METHODS))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "transfer") -> "TransferSettings":
+    def from_dict(cls, values: dict[str, Any], source: str = "transfer") -> TransferSettings:
         """Build and validate; an unknown key is an error naming the closest valid one."""
         check_keys(values, [f.name for f in dataclasses.fields(cls)], source)
         settings = cls(**values)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import math
 import os
 import pickle
@@ -235,6 +236,11 @@ def _present(root: Path, layout: Layout) -> dict[str, Path | None]:
     return {f: _find(root / layout.folder, f) for f in layout.md5}
 
 
+def _paths(present: dict[str, Path | None]) -> dict[str, Path]:
+    """The paths of a layout whose every file is present."""
+    return {f: p for f, p in present.items() if p is not None}
+
+
 def _complete_layout(spec: DatasetSpec, root: Path) -> Layout | None:
     """The first layout (in the spec's order of preference) whose every file is present."""
     return next((layout for layout in spec.layouts if all(_present(root, layout).values())), None)
@@ -246,7 +252,7 @@ def _ensure(spec: DatasetSpec, data_dir: str | os.PathLike | None,
     root = _data_root(spec, data_dir)
     complete = _complete_layout(spec, root)
     if complete is not None:
-        return root, complete, _present(root, complete)
+        return root, complete, _paths(_present(root, complete))
     layout = spec.download_layout
     partial = [other for other in spec.layouts if any(_present(root, other).values())]
     # A partial copy of another layout, with none of the downloaded one, is most likely a mistake (say, its class-name
@@ -264,7 +270,7 @@ def _ensure(spec: DatasetSpec, data_dir: str | os.PathLike | None,
     still_missing = [f for f, p in paths.items() if p is None]
     if still_missing:   # an archive that does not hold every file
         raise DataError(f"{spec.name}: the download did not provide {', '.join(still_missing)} in {folder}")
-    return root, layout, paths
+    return root, layout, _paths(paths)
 
 
 def _find(folder: Path, filename: str) -> Path | None:
@@ -285,9 +291,13 @@ def _download(spec: DatasetSpec, layout: Layout, root: Path, missing: list[str])
             extract_tar(archive, root)
         else:
             for filename in missing:
-                fetch(filename, [u + filename for u in spec.urls], layout.md5[filename], where)
+                md5 = layout.md5[filename]
+                if md5 is None:  # a download must be verified: only files with an official md5 are fetched one by one
+                    raise DataError(f"{filename} has no official md5 to verify a download against")
+                fetch(filename, [u + filename for u in spec.urls], md5, where)
     except DataError as exc:
-        raise DataError(f"{spec.name}: {', '.join(missing)} not found in {where} and the download failed: {exc}") from exc
+        raise DataError(f"{spec.name}: {', '.join(missing)} not found in {where} and the download failed: "
+                        f"{exc}") from exc
 
 
 def _provenance(spec: DatasetSpec, root: Path, layout: Layout, official: bool, statuses: dict[str, str],
@@ -386,6 +396,7 @@ def _read_idx_pair(images_path: Path, labels_path: Path, spec: DatasetSpec) -> t
                         f"{spec.input_shape[1]}x{spec.input_shape[2]}")
     if len(images) != len(labels):
         raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}")
+    _check_not_empty(len(images), images_path)
     _check_labels(labels, spec, labels_path)
     return images[:, None], labels.astype(np.int64)
 
@@ -413,10 +424,9 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _numpy_reconstruct():
     """numpy's array reconstructor, wherever this numpy version keeps it."""
     try:
-        from numpy._core.multiarray import _reconstruct
+        return importlib.import_module("numpy._core.multiarray")._reconstruct
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        return importlib.import_module("numpy.core.multiarray")._reconstruct
 
 
 def _unpickle(path: Path) -> dict:
@@ -435,11 +445,18 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
+def _classes_file(layout: Layout) -> str:
+    """The file of a CIFAR layout that holds the class names."""
+    if layout.classes_file is None:
+        raise ValueError(f"layout {layout.folder} names no class-name file")
+    return layout.classes_file
+
+
 def _read_pickle_layout(spec: DatasetSpec, layout: Layout, paths: dict[str, Path]) -> tuple:
     """Train images and labels, test images and labels, and class names from a CIFAR python-pickle layout."""
     train_x, train_y = _read_cifar_batches([paths[f] for f in layout.train_files], layout, spec)
     test_x, test_y = _read_cifar_batches([paths[f] for f in layout.test_files], layout, spec)
-    return train_x, train_y, test_x, test_y, _read_cifar_classes(paths[layout.classes_file], layout, spec)
+    return train_x, train_y, test_x, test_y, _read_cifar_classes(paths[_classes_file(layout)], layout, spec)
 
 
 def _read_cifar_batches(paths: list[Path], layout: Layout, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -458,6 +475,7 @@ def _read_cifar_batches(paths: list[Path], layout: Layout, spec: DatasetSpec) ->
             raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
         if y.shape != (len(data),):
             raise DataError(f"{path}: {len(y)} labels for {len(data)} images")
+        _check_not_empty(len(data), path)
         _check_labels(y, spec, path)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(y)
@@ -477,7 +495,7 @@ def _read_binary_layout(spec: DatasetSpec, layout: Layout, paths: dict[str, Path
     """Train images and labels, test images and labels, and class names from a CIFAR binary layout."""
     train_x, train_y = _read_binary_batches([(paths[f], layout.records[f]) for f in layout.train_files], layout)
     test_x, test_y = _read_binary_batches([(paths[f], layout.records[f]) for f in layout.test_files], layout)
-    return train_x, train_y, test_x, test_y, _read_class_names_text(paths[layout.classes_file], spec)
+    return train_x, train_y, test_x, test_y, _read_class_names_text(paths[_classes_file(layout)], spec)
 
 
 def _read_binary_batches(files: list[tuple[Path, int]], layout: Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -506,6 +524,7 @@ def _read_records(path: Path, width: int, expected: int) -> np.ndarray:
     if len(raw) // width != expected:
         raise DataError(f"{path}: {len(raw) // width:,} records, expected {expected:,}; the file is truncated or not "
                         "the official one")
+    _check_not_empty(len(raw) // width, path)
     return raw.reshape(-1, width)
 
 
@@ -522,6 +541,12 @@ def _read_class_names_text(path: Path, spec: DatasetSpec) -> list[str]:
     if len(names) != spec.num_classes or not all(names):
         raise DataError(f"{path}: {len(names)} lines of class names, expected {spec.num_classes} non-blank lines")
     return names
+
+
+def _check_not_empty(count: int, path: Path) -> None:
+    """A well-formed file with no images is an error here, not an empty split that fails later in training."""
+    if count == 0:
+        raise DataError(f"{path}: holds no images (a valid but empty file); replace it with the dataset's own file")
 
 
 def _check_labels(labels: np.ndarray, spec: DatasetSpec, path: Path) -> None:

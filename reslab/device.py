@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import platform
 import random
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def autocast_for(device: torch.device, amp: bool) -> ContextManager[Any]:
+def autocast_for(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
     """bf16 autocast on CUDA when amp is on; a no-op elsewhere."""
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -52,7 +52,7 @@ def to_channels_last(model: nn.Module) -> bool:
     # training, 1.6x in feature extraction).
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     if has_conv:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs lack it
     return has_conv
 
 
@@ -78,7 +78,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def capture_rng() -> dict[str, Any]:
     """Python, NumPy and torch RNG states (weights-only-loadable types)."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]  # legacy: a tuple
     state = {"python": random.getstate(), "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()),
                                                      *np_state[2:]), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -45,7 +45,7 @@ class EarlyStopping:
     overfit_count: int = 0
 
     @classmethod
-    def from_config(cls, config: Any) -> "EarlyStopping":
+    def from_config(cls, config: Any) -> EarlyStopping:
         """The rules as a TrainConfig sets them."""
         return cls(config.patience, config.min_delta, config.overfit_patience, config.overfit_delta,
                    config.stagnation_stop, config.overfit_stop, config.overfit_ratio)

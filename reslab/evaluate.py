@@ -4,7 +4,8 @@ Every function takes any iterable of (x, y) batches: reslab's TensorLoader, a to
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch

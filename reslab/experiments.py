@@ -201,7 +201,8 @@ def make_config(values: dict[str, Any], overrides: dict[str, Any], seed: int, fo
     """A run's TrainConfig: the experiment's settings, then the command line's, then seed, folder and W&B group."""
     overrides = dict(overrides)
     # A model flag (--width 8) applies to the models that take it; ex1.2's mlp has no width.
-    model_args = {**values.get("model_args", {}), **taken_by(values.get("model", "mlp"), overrides.pop("model_args", {}))}
+    extra = taken_by(values.get("model", "mlp"), overrides.pop("model_args", {}))
+    model_args = {**values.get("model_args", {}), **extra}
     return TrainConfig.from_dict({**values, **overrides, "model_args": model_args, "seed": seed, "out": str(folder),
                                   "name": name, "wandb_group": group, "wandb_job_type": job_type}, source)
 

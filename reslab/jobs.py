@@ -6,6 +6,7 @@ Each run gets a fresh spawned process: nothing of CUDA or of another run leaks i
 gives its memory back. Each child has a process group of its own, and the parent passes every SIGINT and
 SIGTERM it gets on to the children: Ctrl-C in a terminal, `kill PID` and `timeout` act alike, a run in
 training stops after its batch as it would alone (a second signal stops it at once), and no new run starts.
+A child whose parent dies (`kill -9`, a crash) stops the same way by itself: nothing is left training unseen.
 """
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
-from multiprocessing.connection import wait
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
 
 from .errors import ReslabError
+
+# How often a child looks whether its parent is still there.
+PARENT_POLL_SECONDS = 0.5
 
 
 class _Labelled:
@@ -48,25 +54,39 @@ class _Labelled:
         return getattr(self.stream, name)
 
 
-def _child(fn: Callable[..., Any], args: tuple, label: str, threads: int, conn: Any) -> None:
+def _child(fn: Callable[..., Any], args: tuple, label: str, threads: int, conn: Any, parent: int) -> None:
     """Run fn(*args) in a worker process and send ("ok", result) or ("error", exception) back."""
     os.setpgid(0, 0)   # signals from the terminal go to the parent alone, which passes each on exactly once
+    _stop_with(parent)
     sys.stdout = _Labelled(sys.__stdout__, f"[{label}] ")
     sys.stderr = _Labelled(sys.__stderr__, f"[{label}] ")
     import torch
     torch.set_num_threads(threads)   # the CPU's cores are shared out; a run's own `threads` setting still wins
     try:
-        conn.send(("ok", fn(*args)))
-    except (ReslabError, OSError) as exc:   # a user's mistake or a full disk: one line, as when run alone
-        conn.send(("error", exc))
+        message = ("ok", fn(*args))
+    except (ReslabError, OSError) as exc:   # a user's mistake or a full disk (named by the run's writes): one line
+        message = ("error", exc)
     except KeyboardInterrupt:
-        conn.send(("error", KeyboardInterrupt()))
+        message = ("error", KeyboardInterrupt())
     except BaseException as exc:   # a bug: show where, then let the parent stop the study
         traceback.print_exc()
-        conn.send(("error", RuntimeError(f"run {label} failed: {type(exc).__name__}: {exc}")))
+        message = ("error", RuntimeError(f"run {label} failed: {type(exc).__name__}: {exc}"))
     finally:
         sys.stdout.close_line()
         sys.stderr.close_line()
+    with contextlib.suppress(OSError):   # a parent that died listens no more; the run's files say how it ended
+        conn.send(message)
+
+
+def _stop_with(parent: int) -> None:
+    """Stop this run politely, as SIGTERM does (after its batch, with last.pth and an interrupted summary), once
+    the parent process is gone: orphans would train on unseen and hold their run folders' locks."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def run_parallel(fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple]], jobs: int) -> list[Any]:
@@ -105,14 +125,15 @@ def run_parallel(fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple]], job
             while queue and len(running) < jobs and not failure:
                 index, (label, args) = queue.pop(0)
                 receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(fn, args, label, threads, send), name=label)
+                process = context.Process(target=_child, args=(fn, args, label, threads, send, os.getpid()),
+                                          name=label)
                 process.start()
                 send.close()
                 running[receive] = (index, process, label)
                 print(f"started {label} ({len(running)} running, {len(queue)} waiting)", flush=True)
             if not running:
                 break
-            for conn in wait(list(running)):
+            for conn in cast(list[Connection], wait(list(running))):   # our pipes' ends: connections
                 index, process, label = running.pop(conn)
                 try:
                     status, value = conn.recv()

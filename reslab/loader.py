@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_int
 from .config import TrainConfig
 from .datasets import Dataset
 from .errors import ConfigError
@@ -61,6 +62,13 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def _copy_to(values: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of an array or tensor on the device (the arrays may be read-only views of the files' bytes)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device, copy=True)
+    return torch.tensor(np.asarray(values), device=device)
+
+
 class TensorLoader:
     """Batches of one split held as a uint8 tensor on the device, yielded as normalized float (x, y)."""
 
@@ -68,13 +76,18 @@ class TensorLoader:
                  mean: list[float], std: list[float], device: torch.device | str = "cpu", shuffle: bool = False,
                  augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                  channels_last: bool = False):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.device = torch.device(device)
-        # torch.tensor copies: the arrays may be read-only views of the files' bytes.
-        self.images = torch.tensor(images, dtype=torch.uint8, device=self.device)
-        self.labels = torch.tensor(labels, dtype=torch.int64, device=self.device)
-        self.batch_size = batch_size
+        self.images = _copy_to(images, self.device)
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ConfigError(f"TensorLoader takes uint8 images (N, C, H, W) with values 0..255, got "
+                              f"{self.images.dtype} {tuple(self.images.shape)}; convert them, e.g. "
+                              "(images * 255).round().to(torch.uint8), or use a torch DataLoader")
+        self.labels = _copy_to(labels, self.device).long()
+        if self.labels.shape != (len(self.images),):
+            raise ConfigError(f"TensorLoader: {tuple(self.labels.shape)} labels for {len(self.images)} images")
+        if len(mean) != self.images.shape[1] or len(std) != self.images.shape[1]:
+            raise ConfigError(f"TensorLoader: mean and std need one value per channel ({self.images.shape[1]})")
         self.mean, self.std = list(mean), list(std)
         # x/255 normalized is one multiply-add: x * scale + shift.
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,8 +41,14 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
     if unknown:
         raise ConfigError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes: {', '.join(valid)}")
     model = builder(tuple(input_shape), num_classes, **kwargs)
-    model.reslab_spec = {"name": name, "args": {**valid, **kwargs}}   # recorded in checkpoints
+    # Recorded in checkpoints. setattr: nn.Module's typed __setattr__ takes only tensors and modules.
+    setattr(model, "reslab_spec", {"name": name, "args": {**valid, **kwargs}})  # noqa: B010
     return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The name and arguments a model was built with by build_model (None for a model built otherwise)."""
+    return getattr(model, "reslab_spec", None)
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:

@@ -15,7 +15,7 @@ Histories = dict[str, list[list[dict]]]   # model label -> one list of epoch rec
 
 def model_colors(labels: list[str]) -> dict[str, tuple]:
     """A fixed colour for each model label, in the given order."""
-    palette = plt.get_cmap("tab10").colors
+    palette = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]  # a ListedColormap
     return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
 
 
@@ -80,7 +80,7 @@ def grad_norm_bars(norms: dict[str, dict[str, list[float]]], title: str, path: P
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(layers)), 4))
     x = np.arange(len(layers))
     for i, (label, per_layer) in enumerate(norms.items()):
-        means = [np.mean(per_layer[layer]) if layer in per_layer else np.nan for layer in layers]
+        means = [float(np.mean(per_layer[layer])) if layer in per_layer else np.nan for layer in layers]
         stds = [_spread(per_layer[layer]) if layer in per_layer else 0.0 for layer in layers]
         ax.bar(x + (i - (len(norms) - 1) / 2) * width, means, width, yerr=stds, capsize=3, color=colors[label],
                label=label)

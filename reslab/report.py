@@ -73,11 +73,13 @@ def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
     lines = [f"{level} {status['experiment']}: {status['description']}", ""]
     if status["status"] != "done":
         return lines + [f"**Not run**: {status['reason']}", ""]
-    runs = [_read_run(folder / name) for name in status["runs"]]
+    training = definition.get("kind", "train") == "train"
+    _check_definition(definition, folder / "experiment.yaml", training)
+    runs = [_read_run(folder / name, training) for name in status["runs"]]
     effective = apply_profile(definition, definition["profile"])
     reference, targets = effective.get("reference", {}), effective.get("targets", {})
     lines += _notes(definition, runs)
-    if effective.get("kind", "train") == "train":
+    if training:
         lines += _training_table(runs, reference, targets) + [""]
         lines += _comparisons(runs, effective.get("compare", []), level)
         lines += _gradient_flow(folder, runs, reference, prefix, level)
@@ -89,9 +91,18 @@ def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
     return lines
 
 
-def _read_run(run_dir: Path) -> dict[str, Any]:
+def _check_definition(definition: dict[str, Any], path: Path, training: bool) -> None:
+    """experiment.yaml must say what the report reads from it: the profile, and the models (or the source)."""
+    needed = {"profile": str, **({"models": list} if training else {"source": dict})}
+    wrong = [key for key, kind in needed.items() if not isinstance(definition.get(key), kind)]
+    if wrong:
+        raise ReslabError(f"{path} is damaged ({', '.join(wrong)} missing or of the wrong type); rerun, with "
+                          "--overwrite to replace it")
+
+
+def _read_run(run_dir: Path, training: bool) -> dict[str, Any]:
     """A run folder's summary, per-epoch records and label (the folder name without -seedK)."""
-    summary = read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json", needs=("epochs_run",) if training else ("method",))
     records = read_jsonl(run_dir / "metrics.jsonl")
     return {"dir": run_dir, "label": run_dir.name.rsplit("-seed", 1)[0], "summary": summary, "records": records}
 
@@ -252,7 +263,7 @@ def _gradient_flow(folder: Path, runs: list[dict[str, Any]], reference: dict, pr
         return []
     flows = read_json(path, list)
     labels = list(flows[0]["models"])
-    norms = {label: {} for label in labels}
+    norms: dict[str, dict[str, list[float]]] = {label: {} for label in labels}
     for flow in flows:
         for label in labels:
             for layer, value in flow["models"][label]["norms"].items():

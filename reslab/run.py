@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import RESUME_KEYS, load_checkpoint, read_checkpoint, recover_best
-from .config import LEGACY_VALUES, TrainConfig
+from .checkpoint import MODEL_FIELDS, RESUME_KEYS, load_checkpoint, load_weights, read_checkpoint, recover_best
+from .config import LEGACY_VALUES, RESULT_KEYS, TrainConfig, load_yaml
 from .datasets import Dataset, load_dataset
 from .device import hardware_name, resolve_device, seed_everything, set_threads, to_channels_last
 from .distributed import Context, from_environment, is_main_process
@@ -15,8 +15,8 @@ from .early_stopping import StopReason
 from .errors import ReslabError
 from .evaluate import evaluate
 from .loader import Loaders, TensorLoader, make_loaders
-from .models import build_model
-from .runfolder import FolderLock, RunFolder, check_run_dir, read_json
+from .models import build_model, model_spec
+from .runfolder import FolderLock, RunFolder, check_run_dir, finite, read_json
 from .tracking import Tracker, wandb_tracker
 from .train import History, train_model
 from .version import code_version
@@ -57,17 +57,40 @@ def training_summary(history: History, test: dict[str, Any], data: Dataset, devi
 
 
 def read_resume_state(run_dir: Path) -> dict[str, Any]:
-    """A run folder's last.pth, checked to hold everything a resume needs (and its best checkpoint)."""
-    state = read_checkpoint(run_dir / "last.pth")
+    """A run folder's last.pth, checked to hold everything a resume needs and to be this folder's run (and its best
+    checkpoint)."""
+    state = read_checkpoint(run_dir / "last.pth", MODEL_FIELDS + ("epoch",))
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
         raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} holds no training state "
                           f"({', '.join(missing)} missing); is it a copy of best_model.pth?")
     if not isinstance(state.get("config"), dict):
         raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} holds no settings (config); it was changed by hand")
+    check_same_run(run_dir, state["config"])
     if state["best_epoch"] > 0:
         recover_best(run_dir, state["best_epoch"])
     return state
+
+
+def check_same_run(run_dir: Path, saved: dict[str, Any]) -> None:
+    """A last.pth whose settings are not those config.yaml recorded is another run's (copied in): refused."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    recorded = load_yaml(path)
+    # Compared as written: config.yaml holds lists where the checkpoint may hold tuples.
+    differ = [key for key in RESULT_KEYS if key in recorded and key in saved and recorded[key] != finite(saved[key])]
+    if differ:
+        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} is another run's, not this folder's ("
+                          + ", ".join(f"{key}={saved[key]!r} there, {recorded[key]!r} in config.yaml" for key in differ)
+                          + "); put back the folder's own last.pth, or start the run again with --overwrite")
+
+
+def check_data_dir(config: TrainConfig, run_dir: Path) -> None:
+    """The data folder of a run to resume must still be where it was, or be named anew."""
+    if config.data_dir is not None and not Path(config.data_dir).expanduser().is_dir():
+        raise ReslabError(f"cannot resume: the run's data folder {config.data_dir} does not exist; if the data moved, "
+                          f"name its new place: reslab resume {run_dir} --data-dir NEW_FOLDER")
 
 
 def finished_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -92,6 +115,7 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     lock = FolderLock(run_dir)
     try:
         if main_process:
+            lock.check_free()   # a second writer hears first which process writes there
             check_run_dir(run_dir, resume, overwrite)
             if run_dir.is_dir():   # an existing folder is locked before its files are read
                 lock.acquire()
@@ -108,6 +132,7 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
             config = TrainConfig.from_dict({**LEGACY_VALUES, **saved, "out": str(run_dir.parent), "name": run_dir.name,
                                             "data_dir": config.data_dir or saved.get("data_dir")},
                                            f"{run_dir / 'last.pth'}")
+            check_data_dir(config, run_dir)
         return _train_and_test(config, run_dir, lock, resume_state, overwrite, tracker, console, main_process)
     finally:
         lock.release()
@@ -127,7 +152,7 @@ def _train_and_test(config: TrainConfig, run_dir: Path, lock: FolderLock, resume
     data = load_dataset(config.dataset, config.data_dir)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_args)
     if resume_state is not None:
-        _check_fits(model, resume_state, run_dir)
+        _check_fits(model, data, resume_state, run_dir)
     channels_last = to_channels_last(model)
     loaders = make_loaders(data, config, device, channels_last=channels_last,
                            **({"rank": dist_ctx.rank, "world_size": dist_ctx.world_size} if dist_ctx else {}))
@@ -147,7 +172,8 @@ def _train_and_test(config: TrainConfig, run_dir: Path, lock: FolderLock, resume
             history = train_model(model, loaders.train, loaders.val, config, tracker=folder.trackers, run_dir=run_dir,
                                   checkpoint_meta=meta, resume=resume_state, device=device, distributed=dist_ctx)
             test = evaluate(model, loaders.test, data.num_classes, config.amp)
-            summary = {"model": config.model, "model_args": model.reslab_spec["args"], "dataset": data.name,
+            args = (model_spec(model) or {"args": config.model_args})["args"]
+            summary = {"model": config.model, "model_args": args, "dataset": data.name,
                        "seed": config.seed, **training_summary(history, test, data, device, facts)}
             folder.finish(summary)
             ok = True
@@ -175,14 +201,21 @@ def _train_other_rank(model: torch.nn.Module, loaders: Loaders, config: TrainCon
     return {"stopped_by": str(history.stopped_by), "epochs_run": len(history.epochs)}
 
 
-def _check_fits(model: torch.nn.Module, resume_state: dict[str, Any], run_dir: Path) -> None:
-    """A last.pth whose weights do not fit the model it names is refused before anything is written."""
+def _check_fits(model: torch.nn.Module, data: Dataset, resume_state: dict[str, Any], run_dir: Path) -> None:
+    """A last.pth for other images or classes than the data's, or weights (of last.pth or best_model.pth) that do
+    not fit the model it names, are refused before anything is written."""
+    last = run_dir / "last.pth"
+    shape, classes = tuple(resume_state["input_shape"]), resume_state["num_classes"]
+    if (shape, classes) != (data.input_shape, data.num_classes):
+        raise ReslabError(f"cannot resume: {last} is for {'x'.join(map(str, shape))} images in {classes} classes, "
+                          f"but {data.name} has {'x'.join(map(str, data.input_shape))} images in {data.num_classes}; "
+                          "it was changed by hand")
     try:
-        model.load_state_dict(resume_state["state_dict"])
-    except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReslabError(f"cannot resume: the weights in {run_dir / 'last.pth'} do not fit its model "
-                          f"({first})") from None
+        load_weights(model, resume_state["state_dict"], last)
+        if resume_state["best_epoch"] > 0:
+            load_weights(model, read_checkpoint(run_dir / "best_model.pth")["state_dict"], run_dir / "best_model.pth")
+    except ReslabError as exc:
+        raise ReslabError(f"cannot resume: {exc}") from None
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -> None:
@@ -204,7 +237,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_dir: 
                         device: str = "auto") -> dict[str, Any]:
     """Test a saved model on a dataset's test split (its own dataset by default) with its own normalization."""
     dev = resolve_device(device)
-    model, ckpt = load_checkpoint(path)
+    model, ckpt = load_checkpoint(path, needs=MODEL_FIELDS + ("dataset", "normalization"))
     data = load_dataset(dataset or ckpt["dataset"], data_dir)
     if tuple(ckpt["input_shape"]) != data.input_shape or ckpt["num_classes"] != data.num_classes:
         raise ReslabError(f"checkpoint {path} is a {ckpt['model']} for {ckpt['dataset']} "

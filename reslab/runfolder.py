@@ -6,11 +6,14 @@ result is known, close the trackers and let go of the folder.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,21 @@ LOCK_NAME = ".reslab.lock"
 # The files that make a folder a reslab run (or an experiment's folder): --overwrite deletes only such folders.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best_model.pth", "summary.json", "study.json",
              "experiment.yaml", "lab.json")
+NUMBER = (int, float)   # a JSON number (a non-finite value is written as null, which is none)
+# The fields of a run's or study's JSON files that their readers rely on: a file without them was cut short or
+# edited by hand. Groups after the first are all there or all absent (a summary's training fields: a probe has none;
+# its transfer fields: a run trained from scratch has none).
+FIELDS: dict[str, tuple[dict[str, Any], ...]] = {
+    "summary.json": ({"model": str, "model_args": dict, "dataset": str, "seed": int, "test_accuracy": NUMBER,
+                      "test_precision": NUMBER, "train_seconds": NUMBER},
+                     {"epochs_run": int, "best_epoch": int, "stopped_by": str, "test_loss": NUMBER},
+                     {"method": str, "source_dataset": str}),
+    "study.json": ({"experiment": str, "description": str, "status": str, "runs": list, "seeds": int,
+                    "wall_seconds": NUMBER},),
+    "lab.json": ({"exercises": list, "profile": str, "seeds": int, "wall_seconds": NUMBER},),
+}
+# What every line of a metrics.jsonl holds (values may be null: a non-finite loss).
+RECORD_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
 class FolderLock:
@@ -37,7 +55,7 @@ class FolderLock:
         self.folder, self.what = Path(folder), what
         self.file: Any = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.acquire()
         return self
 
@@ -53,26 +71,76 @@ class FolderLock:
             file = open(self.folder / LOCK_NAME, "a+")
         except OSError as exc:
             raise ReslabError(f"output folder {self.folder} is not writable ({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            file.seek(0)
-            holder = file.read().strip() or "another process"
-            file.close()
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise ReslabError(f"{self.what} {self.folder} is in use by {holder}; wait for it to finish (or stop "
-                              "it) before writing there") from None
+        self._lock_or_refuse(file)
         file.seek(0)
         file.truncate()
         file.write(f"process {os.getpid()}")
         file.flush()
         self.file = file
 
+    def check_free(self) -> None:
+        """Raise the error `acquire` would if another process holds the lock now; write nothing (a folder that is
+        then refused for another reason stays as it was)."""
+        if fcntl is None or self.file is not None:
+            return
+        try:
+            file = open(self.folder / LOCK_NAME)
+        except OSError:   # no lock file: nobody has ever held the lock
+            return
+        with file:
+            self._lock_or_refuse(file)   # closing the file drops the lock again
+
+    def _lock_or_refuse(self, file: Any) -> None:
+        """flock an open lock file; if another process holds it, close the file and say which process."""
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _holder(file)
+            file.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise ReslabError(f"{self.what} {self.folder} is in use by {holder}; wait for it to finish (or stop "
+                              "it) before writing there") from None
+
     def release(self) -> None:
         if self.file is not None:
             self.file.close()   # closing the file drops the lock
             self.file = None
+
+
+def _holder(file: Any) -> str:
+    """Who holds a lock file: 'process N' (its holder writes that just after taking the lock, so wait a moment)."""
+    for _ in range(20):
+        file.seek(0)
+        holder = file.read().strip()
+        if holder:
+            return holder
+        time.sleep(0.01)
+    return "another process"
+
+
+def find_os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError an exception is, or was raised from or while handling (its __cause__/__context__ chain)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name `path` in an OSError raised while writing it, even one wrapped in another exception: a write into
+    an open file (a full disk) raises one that names no file, and the user must learn which write failed."""
+    try:
+        yield
+    except Exception as exc:
+        error = find_os_error(exc)
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from exc
 
 
 def is_reslab_folder(folder: Path) -> bool:
@@ -137,33 +205,49 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temp file and a rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    with writing(path):
+        tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False))
+        os.replace(tmp, path)
 
 
 def write_yaml(path: Path, obj: Any) -> None:
     """Write a YAML mapping (settings in their order) through a temp file and a rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(finite(obj), sort_keys=False))
-    os.replace(tmp, path)
+    with writing(path):
+        tmp.write_text(yaml.safe_dump(finite(obj), sort_keys=False))
+        os.replace(tmp, path)
 
 
-def read_json(path: Path, kind: type = dict) -> Any:
-    """A JSON file of a run or study folder, of the expected kind; a missing or damaged one is a one-line error."""
+def read_json(path: Path, kind: type = dict, needs: tuple[str, ...] = ()) -> Any:
+    """A JSON file of a run or study folder, of the expected kind and with the fields its readers rely on (FIELDS;
+    `needs` names optional ones this reader needs too); a missing or damaged one is a one-line error naming it."""
     try:
         value = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         why = "missing" if isinstance(exc, FileNotFoundError) else "damaged"
-        raise ReslabError(f"{path} is {why}; the folder is incomplete (rerun, with --overwrite to replace it)") from None
+        raise ReslabError(f"{path} is {why}; the folder is incomplete (rerun, with --overwrite to replace "
+                          "it)") from None
     if not isinstance(value, kind):
-        raise ReslabError(f"{path} is damaged (not a JSON {'object' if kind is dict else 'list'}); rerun, with "
-                          "--overwrite to replace it")
+        raise _damaged(path, f"not a JSON {'object' if kind is dict else 'list'}")
+    if isinstance(value, dict):
+        _check_fields(path, value, FIELDS.get(Path(path).name, ()), needs)
     return value
 
 
+def _check_fields(path: Path, value: dict[str, Any], groups: tuple[dict[str, Any], ...],
+                  needs: tuple[str, ...]) -> None:
+    """Every field of the first group, and of each later group that is there (or needed), of its type."""
+    for number, fields in enumerate(groups):
+        if number > 0 and not any(key in value or key in needs for key in fields):
+            continue
+        wrong = [key for key, types in fields.items() if not _of_type(value.get(key), types)]
+        if wrong:
+            raise _damaged(path, f"{', '.join(wrong)} missing or of the wrong type")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (none when it is missing); a damaged line is a one-line error."""
+    """The records of a metrics.jsonl (none when it is missing); a damaged line is a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -171,9 +255,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         records = [json.loads(line) for line in path.read_text().splitlines() if line]
     except ValueError:
         records = None
-    if records is None or not all(isinstance(r, dict) for r in records):
-        raise ReslabError(f"{path} is damaged (a line is not a JSON object); rerun, with --overwrite to replace it")
+    if records is None or not all(isinstance(r, dict) and all(k in r for k in RECORD_FIELDS) for r in records):
+        raise _damaged(path, f"a line is not a JSON object with {', '.join(RECORD_FIELDS)}")
     return records
+
+
+def _of_type(value: Any, types: Any) -> bool:
+    """isinstance, except that JSON true and false are no numbers."""
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def _damaged(path: Path, why: str) -> ReslabError:
+    return ReslabError(f"{path} is damaged ({why}); rerun, with --overwrite to replace it")
 
 
 class JsonlTracker(Tracker):
@@ -183,11 +276,12 @@ class JsonlTracker(Tracker):
         self.path = Path(path)
         # A resumed run rewrites the file from its checkpoint's history, dropping epochs the crash lost.
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(finite(record), allow_nan=False) + "\n" for record in history or []))
-        os.replace(tmp, self.path)
+        with writing(self.path):
+            tmp.write_text("".join(json.dumps(finite(record), allow_nan=False) + "\n" for record in history or []))
+            os.replace(tmp, self.path)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(finite(record), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -214,7 +308,7 @@ class RunFolder:
         self.trackers = Trackers()
         self.exit_code = 1
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         self.lock.acquire()
         try:
             prepare_run_dir(self.run_dir, self.resume, self.overwrite)

@@ -14,7 +14,7 @@ from .device import resolve_device
 from .distributed import is_main_process, launched_by_torchrun
 from .early_stopping import StopReason
 from .errors import ConfigError, DataError, ReslabError
-from .experiments import (experiment_path, load_experiment, source_config, target_config, train_configs)
+from .experiments import experiment_path, load_experiment, source_config, target_config, train_configs
 from .jobs import run_parallel
 from .models import model_arguments
 from .report import write_report

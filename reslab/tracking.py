@@ -25,7 +25,7 @@ class Tracker:
 class Trackers(Tracker):
     """Fans every call out to several trackers."""
 
-    def __init__(self, *trackers: Tracker):
+    def __init__(self, *trackers: Tracker | None):
         self.trackers = [t for t in trackers if t is not None]
 
     def start(self, config):
@@ -67,7 +67,7 @@ class WandbTracker(Tracker):
         self.mode = resolve_wandb_mode(mode)
         self.run_dir, self.project, self.name = Path(run_dir), project, name
         self.group, self.job_type, self.run_id = group, job_type, run_id
-        self.run = None
+        self.run: Any = None   # a wandb Run once started
 
     def start(self, config):
         try:
@@ -77,7 +77,7 @@ class WandbTracker(Tracker):
             return
         try:
             self.run = wandb.init(project=self.project, name=self.name, group=self.group, job_type=self.job_type,
-                                  config=config, dir=str(self.run_dir), mode=self.mode, id=self.run_id,
+                                  config=config, dir=str(self.run_dir), mode=self.mode, id=self.run_id,  # type: ignore[arg-type]
                                   resume="allow" if self.run_id else None, reinit="create_new",
                                   settings=wandb.Settings(silent=True, console="off", init_timeout=30))
             self.run_id = self.run.id
@@ -129,7 +129,7 @@ def resolve_wandb_mode(mode: str) -> str:
         return mode
     if os.environ.get("WANDB_API_KEY"):
         return "online"
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
     try:
         return "online" if netrc.netrc().authenticators(host) else "offline"
     except (OSError, netrc.NetrcParseError):

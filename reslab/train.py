@@ -6,9 +6,10 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class StopSignals:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -196,7 +197,7 @@ def train_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optim
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_sums is not None:
+        if grad_sums is not None and grad_params:
             grad_sums += torch.stack(torch._foreach_norm([p.grad for _, p in grad_params]))
         optimizer.step()
         losses.append(loss.detach())

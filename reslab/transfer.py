@@ -80,6 +80,7 @@ def with_new_head(model: nn.Module, num_classes: int) -> nn.Module:
     model = copy.deepcopy(model)
     name = classifier_name(model)
     old = model.get_submodule(name)
+    assert isinstance(old, nn.Linear)   # classifier_name found it as one
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, nn.Linear(old.in_features, num_classes))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fakedata import expect_records, write_all
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,14 +11,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakedata import (
+    CIFAR10_NAMES,
+    IDX_NAMES,
+    cifar_records,
+    expect_records,
+    idx_bytes,
+    make_images,
+    only_layout,
+    patch_layout,
+    write_cifar10,
+    write_cifar10_binary,
+    write_cifar100,
+    write_cifar100_binary,
+    write_idx_dataset,
+)
 
-from fakedata import (CIFAR10_NAMES, IDX_NAMES, cifar_records, expect_records, idx_bytes, make_images, only_layout,
-                      patch_layout, write_cifar10, write_cifar10_binary, write_cifar100, write_cifar100_binary,
-                      write_idx_dataset)
 from reslab import datasets
 from reslab.cli import main
-from reslab.datasets import (OFFICIAL_TEXT, SPECS, UNCHECKED, layout_to_read, list_datasets, load_dataset, read_idx,
-                             resolve_data_dir, verify_dataset)
+from reslab.datasets import (
+    OFFICIAL_TEXT,
+    SPECS,
+    UNCHECKED,
+    layout_to_read,
+    list_datasets,
+    load_dataset,
+    read_idx,
+    resolve_data_dir,
+    verify_dataset,
+)
 from reslab.download import md5sum
 from reslab.errors import DataError
 

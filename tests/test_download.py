@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fakedata import IDX_NAMES, expect_records, patch_layout, write_cifar10, write_cifar10_binary, write_idx_dataset
+
 from reslab.datasets import SPECS, load_dataset
 from reslab.download import extract_tar, fetch, md5sum
 from reslab.errors import DataError

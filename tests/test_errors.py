@@ -1,13 +1,21 @@
 """Every mistake a user can make ends in one line on stderr, exit code 2, and no file changed."""
 from __future__ import annotations
 
+import errno
 import gzip
+import json
+import os
+import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
+from fakedata import idx_bytes, write_cifar10, write_idx_dataset
 
-from fakedata import write_cifar10, write_idx_dataset
+import reslab.checkpoint
 from reslab.cli import main
 
 BASE = ["train", "--model", "mlp", "--dataset", "mnist", "--epochs", "1", "--wandb", "disabled"]
@@ -246,3 +254,210 @@ def test_a_damaged_summary_in_a_study_folder(tmp_path, capsys):
 def test_a_train_subset_too_small_to_stratify(data, tmp_path, capsys):
     err = _fails_cleanly(_run(data, tmp_path / "runs", "--train-subset", "1"), capsys, tmp_path)
     assert "train_subset 1 of" in err and "val_fraction" not in err
+
+
+def _write_empty(path: Path) -> None:
+    """A well-formed dataset file holding no images: an IDX file (images or labels) or a CIFAR python batch."""
+    if path.name.endswith(".gz"):
+        shape = (0, 28, 28) if "images" in path.name else (0,)
+        path.write_bytes(gzip.compress(idx_bytes(np.zeros(shape, np.uint8))))
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({b"batch_label": b"empty", b"labels": [], b"data": np.zeros((0, 3072), np.uint8),
+                         b"filenames": []}, f, protocol=4)   # protocol 2 would spell b"" as a call of bytes()
+
+
+@pytest.mark.parametrize("dataset, files", [
+    ("mnist", ("MNIST/raw/train-images-idx3-ubyte.gz", "MNIST/raw/train-labels-idx1-ubyte.gz")),
+    ("mnist", ("MNIST/raw/t10k-images-idx3-ubyte.gz", "MNIST/raw/t10k-labels-idx1-ubyte.gz")),
+    ("cifar10", ("cifar-10-batches-py/data_batch_3",)),
+    ("cifar10", ("cifar-10-batches-py/test_batch",)),
+], ids=["idx-train", "idx-test", "cifar-train-batch", "cifar-test-batch"])
+def test_a_valid_but_empty_dataset_file(data, tmp_path, capsys, dataset, files):
+    for name in files:
+        _write_empty(data / name)
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--dataset", dataset), capsys, tmp_path)
+    assert f"{data / files[0]}: holds no images" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--batch-size", str(10 ** 9)], "batch_size must be an integer in [1, 1048576], got 1000000000"),
+    (["--eval-batch-size", str(10 ** 9)], "eval_batch_size must be an integer in [1, 1048576]"),
+    (["--model", "resmlp", "--width", str(10 ** 9)], "width must be an integer in [1, 65536]"),
+    (["--hidden", str(10 ** 9)], "hidden size must be an integer in [1, 65536]"),
+    (["--model", "rescnn", "--dataset", "cifar10", "--depth", str(10 ** 9)], "depth must be an integer in [1, 1000]"),
+    (["--threads", str(10 ** 6)], "threads must be an integer in [1, 4096], got 1000000"),
+], ids=["batch-size", "eval-batch-size", "width", "hidden", "depth", "threads"])
+def test_absurd_sizes(data, tmp_path, capsys, flags, words):
+    assert words in _fails_cleanly(_run(data, tmp_path / "runs", *flags), capsys, tmp_path)
+
+
+def test_a_batch_larger_than_the_training_split_is_the_whole_split(data, tmp_path):
+    assert main(_run(data, tmp_path / "runs", "--batch-size", str(2 ** 20), "--name", "big")) == 0
+    records = (tmp_path / "runs" / "big" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in records] == [1]
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # as a write into an open file raises it: no path
+
+
+def _full_at_last_pth(monkeypatch):
+    original = torch.save
+
+    def save(obj, f, *args, **kwargs):   # torch wraps a failed write of its own in a RuntimeError
+        if isinstance(obj, dict) and "history" in obj:
+            try:
+                _no_space()
+            except OSError as exc:
+                raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from exc
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(reslab.checkpoint.torch, "save", save)
+    return "last.pth"
+
+
+def _full_at_summary(monkeypatch):
+    original = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == "summary.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))   # os.replace names the source
+        return original(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return "summary.json"
+
+
+def _full_at_metrics(monkeypatch):
+    monkeypatch.setattr(os, "fsync", _no_space)   # the first fsync of a run: its first line of metrics.jsonl
+    return "metrics.jsonl"
+
+
+@pytest.mark.parametrize("fill", [_full_at_last_pth, _full_at_summary, _full_at_metrics],
+                         ids=["torch.save-of-last.pth-wrapped", "summary.json", "metrics.jsonl"])
+def test_a_full_disk_is_one_line_naming_the_file(data, tmp_path, capsys, monkeypatch, fill):
+    name = fill(monkeypatch)
+    assert main(_run(data, tmp_path / "runs", "--name", "r")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err == f"reslab: error: no space left on device: {tmp_path / 'runs' / 'r' / name}"
+
+
+@pytest.fixture(scope="module")
+def study(tiny_data, tmp_path_factory) -> Path:
+    """A finished ex1 study folder (one run), to be copied and damaged."""
+    out = tmp_path_factory.mktemp("study")
+    assert main(["run", "ex1", "--epochs", "1", "--wandb", "disabled", "--data-dir", str(tiny_data),
+                 "--out", str(out)]) == 0
+    return out
+
+
+def _edit_json(path: Path, change) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def _edit_yaml(path: Path, change) -> None:
+    value = yaml.safe_load(path.read_text())
+    change(value)
+    path.write_text(yaml.safe_dump(value))
+
+
+@pytest.mark.parametrize("file, damage, words, commands", [
+    ("mlp-seed0/summary.json", lambda p: p.write_text("[1, 2]"), "summary.json is damaged (not a JSON object)",
+     ("report", "run")),
+    ("mlp-seed0/summary.json", lambda p: _edit_json(p, lambda v: v.pop("test_accuracy")),
+     "summary.json is damaged (test_accuracy missing or of the wrong type)", ("report", "run")),
+    ("mlp-seed0/summary.json", lambda p: _edit_json(p, lambda v: v.pop("stopped_by")),
+     "summary.json is damaged (stopped_by missing or of the wrong type)", ("report", "run")),
+    ("mlp-seed0/metrics.jsonl", lambda p: p.write_text("[1, 2]\n"), "metrics.jsonl is damaged (a line is not a JSON "
+     "object", ("report",)),
+    ("study.json", lambda p: _edit_json(p, lambda v: v.pop("runs")), "study.json is damaged (runs missing",
+     ("report",)),
+    ("experiment.yaml", lambda p: _edit_yaml(p, lambda v: v.pop("profile")), "experiment.yaml is damaged (profile "
+     "missing", ("report",)),
+], ids=["summary-a-list", "summary-without-test_accuracy", "summary-without-stopped_by", "metrics-not-objects",
+        "study-without-runs", "experiment-without-profile"])
+def test_run_files_of_the_wrong_shape(study, tiny_data, tmp_path, capsys, file, damage, words, commands):
+    out = tmp_path / "runs"
+    shutil.copytree(study, out)
+    damage(out / "ex1" / file)
+    argv = {"report": ["report", str(out / "ex1")],
+            "run": ["run", "ex1", "--epochs", "1", "--wandb", "disabled", "--data-dir", str(tiny_data), "--out",
+                    str(out)]}
+    for command in commands:
+        err = _fails_cleanly(argv[command], capsys, out)
+        assert f"{out / 'ex1' / file} is damaged" in err and words in err
+
+
+EDITS = {"state_dict-missing": lambda c: c.pop("state_dict"),
+         "state_dict-a-list": lambda c: c.update(state_dict=[1, 2]),
+         "model_args-not-a-mapping": lambda c: c.update(model_args=[128, 64]),
+         "input_shape-two-numbers": lambda c: c.update(input_shape=[28, 28]),
+         "input_shape-other-images": lambda c: c.update(input_shape=[3, 32, 32])}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_hand_edited_checkpoint(data, tmp_path, capsys, command, edit):
+    run_dir = tmp_path / "runs" / "m"
+    assert main(_run(data, tmp_path / "runs", "--name", "m")) == 0
+    path = run_dir / ("best_model.pth" if command == "evaluate" else "last.pth")
+    checkpoint = torch.load(path, weights_only=True)
+    EDITS[edit](checkpoint)
+    torch.save(checkpoint, path)
+    (run_dir / "summary.json").unlink()          # as if killed: a run to resume
+    capsys.readouterr()
+    argv = ["evaluate", str(path), "--data-dir", str(data)] if command == "evaluate" else ["resume", str(run_dir)]
+    assert str(path) in _fails_cleanly(argv, capsys, tmp_path)
+
+
+def test_a_refused_study_changes_no_file(data, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["run", "ex1", "--wandb", "disabled", "--data-dir", str(data), "--out", str(out)]
+    assert main(argv + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    err = _fails_cleanly(argv + ["--epochs", "2"], capsys, out)   # experiment.yaml, study.json, every run file
+    assert "epochs=1, this one wants 2" in err
+
+
+@pytest.mark.parametrize("foreign, words", [
+    ("last.pth", "is another run's, not this folder's (model='resmlp' there, 'mlp' in config.yaml"),
+    ("best_model.pth", "best_model.pth do not fit model 'mlp'"),
+])
+def test_a_resume_refused_for_another_run_s_checkpoint_changes_no_file(data, tmp_path, capsys, foreign, words):
+    out = tmp_path / "runs"
+    assert main(_run(data, out, "--name", "mine")) == 0
+    assert main(_run(data, out, "--name", "other", "--model", "resmlp")) == 0
+    (out / "mine" / "summary.json").unlink()          # as if killed: a run to resume
+    shutil.copy(out / "other" / foreign, out / "mine" / foreign)
+    capsys.readouterr()
+    err = _fails_cleanly(["resume", str(out / "mine")], capsys, tmp_path)   # metrics.jsonl, config.yaml, ...
+    assert err.startswith("reslab: error: cannot resume: ") and words in err
+
+
+def test_resume_after_the_data_moved(tmp_path, capsys):
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_idx_dataset(old, "MNIST/raw")
+    run_dir = (tmp_path / "runs" / "r").resolve()
+    assert main(_run(old, tmp_path / "runs", "--name", "r", "--epochs", "2")) == 0
+    (run_dir / "summary.json").unlink()          # as if killed after its last epoch
+    old.rename(new)
+    capsys.readouterr()
+    err = _fails_cleanly(["resume", str(run_dir)], capsys, tmp_path)
+    assert f"data folder {old} does not exist" in err
+    assert f"reslab resume {run_dir} --data-dir NEW_FOLDER" in err
+    assert main(["resume", str(run_dir), "--data-dir", str(new)]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--resume"]], ids=["plain", "overwrite", "resume"])
+def test_a_folder_of_other_files_is_never_a_run_folder(data, tmp_path, capsys, extra):
+    mine = tmp_path / "runs" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--name", "mine", *extra), capsys, tmp_path)
+    assert "run folder" not in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]   # not even a lock file

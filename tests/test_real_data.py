@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from fakedata import only_layout
+
 from reslab import datasets
 from reslab.cli import main
 from reslab.datasets import OFFICIAL_TEXT, SPECS, layout_to_read, load_dataset, verify_dataset

@@ -112,7 +112,8 @@ def test_report_states_residual_minus_twin_against_the_seed_spread(tmp_path):
               "reason": None, "runs": runs, "wall_seconds": 1.0}
     (tmp_path / "study.json").write_text(json.dumps(status))
     report = write_report(tmp_path).read_text()
-    rows = {line.split("|")[3].strip(): line for line in report.splitlines() if line.startswith("| rescnn | noskipcnn |")}
+    rows = {line.split("|")[3].strip(): line for line in report.splitlines()
+            if line.startswith("| rescnn | noskipcnn |")}
     # depth 2: mean 0.67, std 1.53 against spreads 2.00 / 2.08: no. depth 6: 5.67 ± 0.58 against 1.00 / 0.58: yes.
     assert rows["2"] == "| rescnn | noskipcnn | 2 | 1.22 M / 1.19 M | 0.67 ± 1.53 | 2.08 | no |"
     assert rows["6"] == "| rescnn | noskipcnn | 6 | 1.22 M / 1.19 M | 5.67 ± 0.58 | 1.00 | yes, A ahead |"

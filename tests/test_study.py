@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fakedata import write_cifar10, write_idx_dataset
+
 from reslab import experiments, study
 from reslab.cli import main
 from reslab.errors import ConfigError, ReslabError
@@ -102,7 +102,8 @@ def test_unknown_key_names_the_closest_one(tmp_path):
     ("models:\n  - model: mlp\n    depths: [2]\n", "has no depth"),
     ("models:\n  - model: resnet\n", "unknown model 'resnet'"),
     ("models:\n  - model: cnn\n    depths: [2, 0]\n", "depths must be a list of positive integers"),
-    ("models:\n  - model: mlp\n    model_args: {dropout: 1.5}\n", r"mine.yaml: mlp: dropout must be a number in \[0, 1\)"),
+    ("models:\n  - model: mlp\n    model_args: {dropout: 1.5}\n",
+     r"mine.yaml: mlp: dropout must be a number in \[0, 1\)"),
     ("train: {dataset: imagenet}\nmodels:\n  - model: mlp\n", "unknown dataset 'imagenet'"),
     ("kind: transfer\nsource: {experiment: ex1, checkpoint: a.pth}\n", "exactly one of"),
     ("kind: transfer\nsource: {experiment: ex1.3, model: rescnn, depth: 4}\n", "not 4"),
