@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from epoch_speed import (DEFAULT_DATA, SEED, BarePipeline, ReslabPipeline, benches,  # noqa: E402
-                         split_like_reslab)
+from epoch_speed import DEFAULT_DATA, SEED, BarePipeline, ReslabPipeline, benches, split_like_reslab  # noqa: E402
 
 from reslab.checkpoint import checkpoint_dict, last_checkpoint, save_atomic  # noqa: E402
 from reslab.config import TrainConfig  # noqa: E402

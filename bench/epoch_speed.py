@@ -161,7 +161,7 @@ class PeakMemory:
         self.mib: float | None = None
         self.how = ""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         gc.collect()
         _release_free_heap()
         if self.device.type == "cuda":

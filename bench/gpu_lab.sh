@@ -1,43 +1,80 @@
 #!/usr/bin/env bash
-# Full-fidelity results on one GPU, in one go: the speed benchmark, then exercises 1.3 (plain vs residual CNN on
-# CIFAR-10 at depths 2/3/6), 1 and 1.2 (MLP and residual MLP on MNIST) at the shipped experiments' full protocol,
-# the reports and a timing table. Runs that end print a line at once, so a run cut short still shows what finished.
+# Full-protocol results on one GPU, on the exact data, in priority order and within a hard deadline: the data, the
+# speed benchmark, ex1.3 (plain vs residual CNN vs its no-skip twin on CIFAR-10, 9 models), ex2.1 (that rescnn6
+# transferred to CIFAR-100: probes and fine-tuning), ex1 and ex1.2 (MLPs on MNIST), more seeds, ex1.3-deep; the
+# reports and a timing table. Runs that end print a line at once, so a run cut short still shows what finished.
 #
-#   bash bench/gpu_lab.sh OUT_DIR           on a CUDA machine (no network needed); reads the data from .device/
-#   bash bench/gpu_lab.sh OUT_DIR --smoke   on the CPU with generated tiny data, in about a minute (tested)
+#   bash bench/gpu_lab.sh OUT_DIR           on a CUDA machine (no network needed); data from .device/ (below)
+#   bash bench/gpu_lab.sh OUT_DIR --smoke   on the CPU with generated tiny data: every step runs (tested)
 #
-# Stage the data first, here (.device/ is git-ignored; 29 MB, under the device tool's 64 MiB):
-#   mkdir -p .device/MNIST/raw && cp ../shared/data/MNIST/raw/*.gz .device/MNIST/raw/ \
-#     && cp -r ../shared/data/cifar10-jpeg .device/
-# then, with the device tool: command `bash bench/gpu_lab.sh $OUT`, carry [".device"], timeout_s 600.
+# THE DATA: MNIST (official files) and the lossless CIFAR packs of ../shared/data (CIFAR-100 exact; CIFAR-10 59,889
+# of 60,000 images exact), 202 MiB, more than one device call carries (64 MiB, working tree included). Here, first:
+#   python bench/gpu_data.py stage          # parts in .device/ (git-ignored); prints this plan with today's sizes
+# then four device calls, back to back (each within ~30 s of the last reply, or the machine and its parts are gone;
+# a reply with warm: false after call 1: start again at call 1). Sizes of 2026-12-02 (working tree 1.7 MiB):
+#   call 1: 51.7 MiB  timeout_s 120
+#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar10.npz.part0"]
+#     command: python3 bench/gpu_data.py status .device
+#   call 2: 57.8 MiB  timeout_s 120   (completes CIFAR-10 and MNIST: their unpacking starts, setsid, in background)
+#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar10.npz.part1", ".device/MNIST"]
+#     command: python3 bench/gpu_data.py status .device && python3 bench/gpu_data.py assemble .device
+#              /tmp/reslab-gpu-data --background /tmp/reslab-gpu-data.log
+#   call 3: 51.7 MiB  timeout_s 120
+#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part0"]
+#     command: python3 bench/gpu_data.py status .device
+#   call 4 (final): 47.9 MiB  timeout_s 600   (this script: waits for CIFAR-10, unpacks CIFAR-100 beside ex1.3)
+#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part1"]
+#     command: bash bench/gpu_lab.sh $OUT
+#     (with less than ~11 minutes of device time left before it: RESLAB_GPU_DEADLINE=<budget_left_s - 120> first)
 #
-# Order: ex1.3 seed 0 (six models, the most valuable), ex1 and ex1.2 with 3 seeds, then ex1.3 seeds 1 and 2 only
-# if the time left (RESLAB_GPU_BUDGET seconds in all, default 480) fits them at seed 0's pace. Runs train
-# RESLAB_GPU_JOBS at a time (default 6, `reslab run --jobs`): one small model leaves an H100 mostly idle.
-# Whatever happens, training stops by RESLAB_GPU_DEADLINE seconds (default 540; runs cut there stop politely and
-# say "interrupted") and the results are packed after every step, so a call cut short still returns them.
-# OUT_DIR receives at most 8 files: bench.txt, timing.md, report-<experiment>.md, runs.tar.gz (every run's
-# summary.json, metrics.jsonl, config.yaml, the reports and figures; no checkpoints) and log.txt.
+# STEPS, in priority order; from step 4 on, each starts only if the time left before the deadline fits it:
+#   1. data: bench/gpu_data.py assemble (CIFAR-10 and MNIST now, waiting for the background unpacking of call 2;
+#      CIFAR-100 in the background, awaited before step 4). --smoke: tiny generated data (tests/fakedata.py).
+#   2. speed benchmark: bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120.
+#   3. ex1.3 seed 0: the 9 models, RESLAB_GPU_JOBS at a time (default 9); always runs (cut at the deadline).
+#   4. ex2.1 seed 0, full protocol, its source ex1.3's rescnn6-seed0 from the same --out: if RESLAB_GPU_EST_EX21
+#      seconds (default 240, a guess: probes on 45k images and two fine-tunings of up to 30 epochs) are left, or
+#      at least RESLAB_GPU_MIN_EX21 (default 120: the three probes, which run first and are kept when the deadline
+#      cuts the fine-tuning; the cut run is resumable, and this step outranks the MNIST ones).
+#   5. ex1 and ex1.2 with 3 seeds: if RESLAB_GPU_EST_MNIST seconds are left (default 90: 84 s on an H100 before).
+#   6. ex1.3 and ex2.1 seeds 1 and 2: both seeds if 2.3x (ex1.3 seed 0's wall + ex2.1 seed 0's) is left, seed 1
+#      alone if 1.2x is, else none (ex2.1's seeds only where its seed 0 ran). --smoke: seed 1 alone.
+#   7. ex1.3-deep seed 0 (6 runs): if RESLAB_GPU_EST_DEEP seconds are left (default: ex1.3 seed 0's wall).
+# A step left out for lack of time is noted, not counted as a failure. Training stops by RESLAB_GPU_DEADLINE
+# seconds after the start (default 540; runs cut there stop politely and say "interrupted", and are resumable);
+# a step that would start after it is skipped and counted as failed. --smoke runs every step whatever the estimates.
+# Every `reslab run` gets --data-dir DATA --out RUNS --device cuda --wandb disabled (--smoke: --device cpu and
+# 1 epoch, width 8, 100 images, 1 thread).
+# OUT_DIR, rewritten after every step so that a call cut short still returns it, receives at most 6 files (the
+# device tool brings back 8): log.txt, bench.txt (+ bench.json from study_speed.py), timing.md (every run folder,
+# all seeds, with the data provenance), reports.md (every experiment's report.md, one after another), runs.tar.gz
+# (every run's summary.json, metrics.jsonl, config.yaml, the reports and figures; no checkpoints).
 set -uo pipefail
+SECONDS=0                              # the deadline counts from here (bash would start from an inherited SECONDS)
 
 out=${1:?usage: bash bench/gpu_lab.sh OUT_DIR [--smoke]}
 mode=${2:-full}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 stage=${RESLAB_STAGE:-$root/.device}
-budget=${RESLAB_GPU_BUDGET:-480}
 deadline=${RESLAB_GPU_DEADLINE:-540}
-jobs=${RESLAB_GPU_JOBS:-6}
+est_ex21=${RESLAB_GPU_EST_EX21:-240}
+min_ex21=${RESLAB_GPU_MIN_EX21:-120}
+est_mnist=${RESLAB_GPU_EST_MNIST:-90}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT              # runs and checkpoints: what matters is packed into OUT_DIR
-data=$work/data
 runs=$work/runs
 py=${PYTHON:-python3}                  # the interpreter that has torch
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 exec > >(tee "$out/log.txt") 2>&1
 log_pid=$!
 failed=0
+left_out=()                            # steps left out for lack of time
 say() { echo "[gpu_lab +${SECONDS}s] $*"; }
+finish() {   # finish STATUS: the log complete in OUT_DIR before the device tool collects it, then exit
+  exec >&- 2>&-; wait "$log_pid"
+  exit "$1"
+}
 step() {   # run one step; note its failure and go on, so one broken run does not cost the others
   "$@"; local rc=$?
   [ $rc -eq 0 ] || failed=$((failed + 1))
@@ -48,28 +85,52 @@ reslab() {   # a reslab command that stops politely at the deadline (SIGTERM rea
   [ "$left" -gt 5 ] || { say "deadline reached: skipped reslab $*"; failed=$((failed + 1)); return 124; }
   step timeout --kill-after=30 "$left" "$py" -m reslab "$@"
 }
+fits() {   # fits LABEL SECONDS [MIN]: whether a step of about SECONDS (of which MIN already give results) starts now
+  local left=$((deadline - SECONDS))
+  if [ "$left" -le 5 ]; then return 0; fi   # past the deadline: reslab() skips the step and counts it
+  if [ "$2" -le "$left" ]; then say "$1: about ${2}s, ${left}s left: starts"; return 0; fi
+  if [ "${3:-$2}" -le "$left" ]; then say "$1: about ${2}s, ${left}s left: starts; the deadline may cut its end"
+    return 0; fi
+  if [ "$smoke" = 1 ]; then say "$1: about ${2}s, ${left}s left: starts anyway (--smoke runs every step)"; return 0; fi
+  say "$1: left out, about ${2}s needed and ${left}s left"; left_out+=("$1"); return 1
+}
 package() {   # (re)write the results in OUT_DIR from whatever has finished so far
   [ -d "$runs" ] || return 0
   "$py" "$root/bench/timing_table.py" "$runs" > "$out/timing.md.tmp" && mv "$out/timing.md.tmp" "$out/timing.md"
-  for exp in ex1.3 ex1 ex1.2; do
-    [ -f "$runs/$exp/report.md" ] && cp "$runs/$exp/report.md" "$out/report-$exp.md"
+  : > "$out/reports.md.tmp"
+  for exp in ex1.3 ex2.1 ex1 ex1.2 ex1.3-deep; do
+    [ -f "$runs/$exp/report.md" ] && { echo "<!-- $exp/report.md -->"; cat "$runs/$exp/report.md"; echo; } \
+      >> "$out/reports.md.tmp"
   done
+  mv "$out/reports.md.tmp" "$out/reports.md"
   tar czf "$out/runs.tar.gz" -C "$work" --exclude='*.pth' --exclude='wandb' runs
 }
 
+# 1. data ------------------------------------------------------------------------------------------------------
+c100_pid=
 if [ "$mode" = "--smoke" ]; then
-  device=cpu
+  smoke=1 device=cpu data=$work/data
+  jobs=${RESLAB_GPU_JOBS:-1}           # two CPU cores: runs side by side only share them (and each imports torch)
   "$py" -c "import sys; sys.path.insert(0, sys.argv[1]); from fakedata import write_all; write_all(sys.argv[2])" \
-    "$root/tests" "$data" || exit 1
-  shrink=(--epochs 1 --width 8)        # seconds on a CPU: the point is that every step still runs
-  bench=(--smoke)
-  mnist_seeds=1 budget=0
+    "$root/tests" "$data" || { say "cannot generate the tiny data"; finish 1; }
+  # Seconds on a CPU: the point is that every step still runs. 100 images a run (ex2.1's tiny CIFAR-100 has 5 a
+  # class: a fifth of them for validation leaves every class in both parts); one torch thread (two threads beside
+  # another busy process spin: the 1-epoch runs of ex1.3-deep took 24 s instead of 5).
+  shrink=(--epochs 1 --width 8 --train-subset 100 --val-fraction 0.2 --threads 1)
+  bench=(--smoke --parts epoch)
+  mnist_seeds=1
 else
-  device=cuda
+  smoke=0 device=cuda data=${RESLAB_GPU_DATA:-/tmp/reslab-gpu-data}
+  jobs=${RESLAB_GPU_JOBS:-9}           # one small model leaves an H100 mostly idle: ex1.3's 9 runs side by side
   "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" \
-    || exit 1
-  mkdir -p "$data/MNIST/raw" && cp "$stage"/MNIST/raw/*.gz "$data/MNIST/raw/" || { say "no MNIST in $stage"; exit 1; }
-  "$py" "$stage/cifar10-jpeg/unpack.py" "$data" || { say "cannot unpack CIFAR-10 from $stage"; exit 1; }
+    || { say "no CUDA device: this is the GPU run (--smoke runs on the CPU)"; finish 1; }
+  # CIFAR-100 (needed from step 4 on) unpacks beside steps 2 and 3; CIFAR-10 and MNIST are needed now. A pack
+  # that call 2's background assemble is still unpacking is waited for (a lock per pack), then skipped.
+  timeout 300 "$py" "$root/bench/gpu_data.py" assemble "$stage" "$data" --pack cifar100 > "$work/cifar100.log" 2>&1 &
+  c100_pid=$!
+  say "data: CIFAR-10 and MNIST from $stage into $data (CIFAR-100 in the background)"
+  step timeout 300 "$py" "$root/bench/gpu_data.py" assemble "$stage" "$data" --pack cifar10 --pack mnist
+  [ -f "$data.log" ] && { say "the background assemble started by call 2 ($data.log):"; cat "$data.log"; }
   shrink=()
   bench=()
   mnist_seeds=3
@@ -77,34 +138,81 @@ fi
 say "data ready in $data"
 common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${shrink[@]+"${shrink[@]}"})
 
-say "speed benchmark"
-# Not through step(): a pipeline's left side runs in a subshell, where its count of failures would be lost.
-timeout 120 "$py" "$root/bench/epoch_speed.py" --device "$device" --data-dir "$data" ${bench[@]+"${bench[@]}"} \
-  | tee "$out/bench.txt" || failed=$((failed + 1))
+# 2. speed benchmark -------------------------------------------------------------------------------------------
+left=$((deadline - SECONDS))
+if [ "$left" -le 5 ]; then
+  say "deadline reached: skipped the speed benchmark"; failed=$((failed + 1))
+else
+  if [ -f "$root/bench/study_speed.py" ]; then
+    say "speed benchmark: bench/study_speed.py"
+    speed=("$root/bench/study_speed.py" --device "$device" --data-dir "$data" --json "$out/bench.json")
+  else
+    say "speed benchmark: bench/study_speed.py is not there; bench/epoch_speed.py instead"
+    speed=("$root/bench/epoch_speed.py" --device "$device" --data-dir "$data")
+    [ "$smoke" = 1 ] && bench=(--smoke)
+  fi
+  # Not through step(): a pipeline's left side runs in a subshell, where its count of failures would be lost.
+  timeout --kill-after=10 $((left < 120 ? left : 120)) "$py" "${speed[@]}" ${bench[@]+"${bench[@]}"} \
+    | tee "$out/bench.txt" || { say "speed benchmark failed or cut (rc ${PIPESTATUS[0]})"; failed=$((failed + 1)); }
+fi
 
+# 3. ex1.3 seed 0 ----------------------------------------------------------------------------------------------
 start=$SECONDS
 reslab run ex1.3 --seeds 1 --jobs "$jobs" "${common[@]}"; rc=$?
-if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $rc -ne 130 ]; then   # failed, not cut short: once more, one at a time
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $rc -ne 130 ] && [ "$jobs" -gt 1 ]; then   # failed, not cut short
   say "ex1.3 seed 0 failed (rc $rc) with --jobs $jobs; again with --jobs 1 (finished runs are reused)"
   reslab run ex1.3 --seeds 1 --jobs 1 "${common[@]}"; rc=$?
   [ $rc -ne 0 ] || failed=$((failed - 1))   # the retry mended the first try
 fi
 say "ex1.3 seed 0 done (rc $rc)"; package
-per_seed=$((SECONDS - start))
-reslab run ex1 --seeds "$mnist_seeds" --jobs "$jobs" "${common[@]}"; say "ex1 done (rc $?)"; package
-reslab run ex1.2 --seeds "$mnist_seeds" --jobs "$jobs" "${common[@]}"; say "ex1.2 done (rc $?)"; package
-left=$((budget - SECONDS))
-if [ "$left" -gt $((per_seed * 23 / 10)) ]; then more=3
+t13=$((SECONDS - start))
+
+# 4. ex2.1 seed 0 ----------------------------------------------------------------------------------------------
+if [ -n "$c100_pid" ]; then
+  wait "$c100_pid"; rc=$?
+  say "CIFAR-100 assembled in the background (rc $rc):"; cat "$work/cifar100.log"
+  [ $rc -eq 0 ] || failed=$((failed + 1))
+fi
+ran21=0 t21=0
+if fits "ex2.1 seed 0" "$est_ex21" "$min_ex21"; then
+  ran21=1 start=$SECONDS
+  reslab run ex2.1 --seeds 1 "${common[@]}"; say "ex2.1 seed 0 done (rc $?)"; package
+  t21=$((SECONDS - start))
+fi
+
+# 5. ex1 and ex1.2 ---------------------------------------------------------------------------------------------
+if fits "ex1 and ex1.2 ($mnist_seeds seed(s))" "$est_mnist"; then
+  reslab run ex1 --seeds "$mnist_seeds" --jobs "$jobs" "${common[@]}"; say "ex1 done (rc $?)"; package
+  reslab run ex1.2 --seeds "$mnist_seeds" --jobs "$jobs" "${common[@]}"; say "ex1.2 done (rc $?)"; package
+fi
+
+# 6. ex1.3 and ex2.1 seeds 1 and 2 -----------------------------------------------------------------------------
+per_seed=$((t13 + t21))
+left=$((deadline - SECONDS))
+if [ "$smoke" = 1 ]; then more=2
+elif [ "$left" -le 5 ] || [ "$left" -gt $((per_seed * 23 / 10)) ]; then more=3   # past the deadline: counted below
 elif [ "$left" -gt $((per_seed * 12 / 10)) ]; then more=2
 else more=1; fi
+if [ "$left" -le 5 ]; then say "more seeds: past the deadline"
+else say "more seeds: a seed of ex1.3 took ${t13}s, of ex2.1 ${t21}s; ${left}s left: seeds 0..$((more - 1))"; fi
 if [ "$more" -gt 1 ]; then
   reslab run ex1.3 --seeds "$more" --jobs "$jobs" "${common[@]}"; say "ex1.3 seeds 0..$((more - 1)) done (rc $?)"
   package
-else
-  say "ex1.3 stays at 1 seed: ${left}s left, one seed took ${per_seed}s"
+  if [ "$ran21" = 1 ]; then
+    reslab run ex2.1 --seeds "$more" "${common[@]}"; say "ex2.1 seeds 0..$((more - 1)) done (rc $?)"; package
+  else
+    say "ex2.1: no more seeds, its seed 0 did not run"
+  fi
+fi
+[ "$more" -eq 3 ] || [ "$smoke" = 1 ] || left_out+=("seeds $more..2 of ex1.3 and ex2.1")
+
+# 7. ex1.3-deep ------------------------------------------------------------------------------------------------
+if fits "ex1.3-deep seed 0" "${RESLAB_GPU_EST_DEEP:-$t13}"; then
+  reslab run ex1.3-deep --seeds 1 --jobs "$jobs" "${common[@]}"; say "ex1.3-deep done (rc $?)"; package
 fi
 
-cat "$out/timing.md"
+package
+[ -f "$out/timing.md" ] && cat "$out/timing.md"
+if [ ${#left_out[@]} -gt 0 ]; then joined=$(printf '%s; ' "${left_out[@]}"); say "left out for lack of time: ${joined%; }"; fi
 say "finished with $failed failed step(s); results in $out"
-exec >&- 2>&-; wait "$log_pid"          # log.txt complete before OUT_DIR is collected
-[ "$failed" -eq 0 ]
+if [ "$failed" -eq 0 ]; then finish 0; else finish 1; fi
