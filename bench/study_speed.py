@@ -53,7 +53,7 @@ Run from the repository root:
         beside one other busy process (2026-12-02); the timings mean nothing there. Tested by
         tests/test_study_speed.py.
 
-Lightning for (d), once, outside the package (the venv is git-ignored through .git/info/exclude):
+Lightning for (d), once, outside the package (.venv-bench/ is git-ignored):
     python3 -m venv .venv-bench && .venv-bench/bin/pip install -r bench/requirements-lightning.txt
 --lightning-python defaults to .venv-bench/bin/python when it exists.
 """

@@ -183,14 +183,34 @@ def layout_to_read(name: str, data_dir: str | os.PathLike | None = None) -> Layo
     return _complete_layout(get_spec(name), resolve_data_dir(data_dir))
 
 
+# Datasets read by this process, by their files' identity: a study's runs share one read (and one md5 pass).
+_CACHE: dict[tuple, Dataset] = {}
+_CACHE_SIZE = 2
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:
-    """Read a dataset's train and test splits from the data folder, downloading missing files when allowed."""
+    """Read a dataset's train and test splits from the data folder, downloading missing files when allowed.
+
+    The arrays are read-only; a second call for unchanged files returns the same Dataset without reading them."""
     spec = get_spec(name)
     root, layout, paths = _ensure(spec, data_dir, download)
+    key = (spec.name, layout.folder, *((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+                                      for p in paths.values()))
+    if key not in _CACHE:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _read_dataset(spec, root, layout, paths)
+    return _CACHE[key]
+
+
+def _read_dataset(spec: DatasetSpec, root: Path, layout: Layout, paths: dict[str, Path]) -> Dataset:
+    """Read and check one layout's files."""
     train_x, train_y, test_x, test_y, classes = _READERS[layout.format](spec, layout, paths)
     statuses = {f: file_status(layout, f, p) for f, p in paths.items()}
     official = all(s == "official" for f, s in statuses.items() if layout.md5[f] is not None)
     provenance = _provenance(spec, root, layout, official, statuses, {"train": len(train_y), "test": len(test_y)})
+    for array in (train_x, train_y, test_x, test_y):
+        array.setflags(write=False)
     return Dataset(spec.name, train_x, train_y, test_x, test_y, classes, official, list(paths.values()),
                    layout.folder, provenance)
 

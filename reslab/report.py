@@ -82,10 +82,12 @@ def experiment_section(folder: Path, prefix: str, level: str) -> list[str]:
     if training:
         lines += _training_table(runs, reference, targets) + [""]
         lines += _comparisons(runs, effective.get("compare", []), level)
+        lines += _depth_finding(runs, effective.get("compare", []), definition["profile"])
         lines += _gradient_flow(folder, runs, reference, prefix, level)
         lines += _training_figures(folder, status["experiment"], runs, reference, prefix)
     else:
         lines += _transfer_table(runs, reference, targets) + [""]
+        lines += _transfer_finding(runs, definition["profile"])
         lines += _transfer_figures(folder, status["experiment"], runs, reference, prefix)
     lines += _protocol(definition, effective, status, runs, level)
     return lines
@@ -104,7 +106,10 @@ def _read_run(run_dir: Path, training: bool) -> dict[str, Any]:
     """A run folder's summary, per-epoch records and label (the folder name without -seedK)."""
     summary = read_json(run_dir / "summary.json", needs=("epochs_run",) if training else ("method",))
     records = read_jsonl(run_dir / "metrics.jsonl")
-    return {"dir": run_dir, "label": run_dir.name.rsplit("-seed", 1)[0], "summary": summary, "records": records}
+    config = run_dir / "config.yaml"
+    copied = load_yaml(config).get("copied_from") if config.is_file() else None
+    return {"dir": run_dir, "label": run_dir.name.rsplit("-seed", 1)[0], "summary": summary, "records": records,
+            "copied_from": copied}
 
 
 def _by_label(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -190,6 +195,59 @@ def _comparisons(runs: list[dict[str, Any]], pairs: list[list[str]], level: str)
                          f"{_millions(params[(b, depth)])} | {_mean_std(diffs, 2) if diffs else '—'} | "
                          f"{spread:.2f} | {verdict} |")
     return lines + [""]
+
+
+QUICK_CANNOT = ("At the quick profile's scale this cannot show the lab's finding; the full protocol "
+                "(`reslab run NAME` without `--profile quick`, on a GPU) is where to look.")
+
+
+def _mean_accuracy(runs: list[dict[str, Any]], keep: Any) -> tuple[float, int] | None:
+    """Mean test accuracy (percent) and seed count of the runs whose summary `keep` accepts."""
+    values = [100 * r["summary"]["test_accuracy"] for r in runs if keep(r["summary"])]
+    return (float(np.mean(values)), len(values)) if values else None
+
+
+def _depth_finding(runs: list[dict[str, Any]], pairs: list[list[str]], profile: str) -> list[str]:
+    """One sentence on the first comparison at its deepest depth: is model A at least as good as model B?"""
+    if not pairs:
+        return []
+    a, b = pairs[0]
+    depths = {r["summary"].get("model_args", {}).get("depth") for r in runs if r["summary"]["model"] == a} & \
+        {r["summary"].get("model_args", {}).get("depth") for r in runs if r["summary"]["model"] == b}
+    depths.discard(None)
+    if not depths:
+        return []
+    deepest = max(depths)
+    found_a = _mean_accuracy(runs, lambda s: s["model"] == a and s.get("model_args", {}).get("depth") == deepest)
+    found_b = _mean_accuracy(runs, lambda s: s["model"] == b and s.get("model_args", {}).get("depth") == deepest)
+    if found_a is None or found_b is None:
+        return []
+    (mean_a, n), (mean_b, _) = found_a, found_b
+    holds = mean_a >= mean_b
+    line = (f"**Finding at the deepest depth ({deepest})**: {a} {mean_a:.2f}% against {b} {mean_b:.2f}% (mean of "
+            f"{n} seed(s)): {a} is {'at least as good as' if holds else 'below'} {b}"
+            f"{', as the lab expects' if holds else ''}.")
+    if not holds:
+        line += " " + (QUICK_CANNOT if profile == "quick" else "The lab's finding does not hold in these runs.")
+    return [line, ""]
+
+
+def _transfer_finding(runs: list[dict[str, Any]], profile: str) -> list[str]:
+    """One sentence: is fine-tuning above both frozen-feature probes (linear SVM and KNN), and by how much?"""
+    found = {m: _mean_accuracy(runs, lambda s, m=m: s.get("method") == m) for m in ("finetune", "svm", "knn")}
+    means = {m: v[0] for m, v in found.items() if v is not None}
+    if len(means) < len(found):
+        return []
+    tuned = means["finetune"]
+    best = max(("svm", "knn"), key=means.__getitem__)
+    gap = tuned - means[best]
+    holds = gap > 0
+    line = (f"**Finding**: fine-tuning {tuned:.2f}% against the better frozen-feature probe ({best} "
+            f"{means[best]:.2f}%): {gap:+.2f} points, fine-tuning "
+            f"{'above both probes, as in the lab' if holds else 'not above both probes'}.")
+    if not holds:
+        line += " " + (QUICK_CANNOT if profile == "quick" else "The lab's finding does not hold in these runs.")
+    return [line, ""]
 
 
 def _std(values: list[float]) -> float:
@@ -370,6 +428,10 @@ def _protocol(definition: dict[str, Any], effective: dict[str, Any], status: dic
     lines.append(f"- Wall time of the command that ran this experiment: {_duration(status['wall_seconds'])} "
                  "(runs reused from an earlier command count as 0); train time per run is in the table above")
     lines.append(f"- Run folders: {', '.join(r['dir'].name for r in runs)}")
+    copies = [f"{r['dir'].name} from {r['copied_from']}" for r in runs if r.get("copied_from")]
+    if copies:
+        lines.append("- Copied, not trained again (another experiment's finished runs with the same settings): "
+                     + ", ".join(copies))
     return lines + [""]
 
 

@@ -174,6 +174,24 @@ def empty_folder(folder: Path) -> None:
             entry.unlink()
 
 
+def copy_run(source: Path, run_dir: Path, config_changes: dict[str, Any]) -> None:
+    """Copy a finished run folder (locked while copied) into an empty or new run_dir, its config.yaml amended."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(source), FolderLock(run_dir):
+        empty_folder(run_dir)
+        with writing(run_dir):
+            for entry in source.iterdir():
+                if entry.name in (LOCK_NAME, "config.yaml") or entry.name.endswith(".tmp"):
+                    continue
+                if entry.is_dir():
+                    shutil.copytree(entry, run_dir / entry.name)
+                else:
+                    shutil.copy2(entry, run_dir / entry.name)
+        # config.yaml last: until it is written the folder holds no started run, so a copy cut short is redone.
+        config = yaml.safe_load((source / "config.yaml").read_text())
+        write_yaml(run_dir / "config.yaml", {**config, **config_changes})
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Create the run folder (emptied first when overwriting), check it is writable, drop half-written temp files."""
     check_run_dir(run_dir, resume, overwrite)

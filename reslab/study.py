@@ -8,7 +8,7 @@ from typing import Any
 
 from . import analysis, transfer
 from .checks import check_int
-from .config import RESULT_KEYS, TrainConfig, TransferSettings, load_yaml
+from .config import RESULT_KEYS, RUN_LOCATORS, TrainConfig, TransferSettings, load_yaml
 from .datasets import ensure_files, load_dataset
 from .device import resolve_device
 from .distributed import is_main_process, launched_by_torchrun
@@ -19,7 +19,7 @@ from .jobs import run_parallel
 from .models import model_arguments
 from .report import write_report
 from .run import run_training
-from .runfolder import FolderLock, read_json, write_json_atomic, write_yaml
+from .runfolder import FolderLock, copy_run, read_json, write_json_atomic, write_yaml
 
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
 # CLI flags that make no sense for a whole experiment.
@@ -60,8 +60,21 @@ def result_settings(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k in RESULT_KEYS}
 
 
+def find_twin(config: TrainConfig) -> Path | None:
+    """A finished run of another experiment beside this one (same --out) with this run's name and result settings."""
+    run_dir = config.run_dir
+    wanted = result_settings(config)
+    for other in sorted(run_dir.parent.parent.glob(f"*/{run_dir.name}")):
+        if other.parent != run_dir.parent and _finished(other):
+            saved = load_yaml(other / "config.yaml")
+            if all(saved.get(key) == value for key, value in wanted.items()):
+                return other
+    return None
+
+
 def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
-    """run_training, except that a finished run with the same settings is reused and an interrupted one resumed."""
+    """run_training, except that a finished run with the same settings is reused (from this experiment's folder or
+    copied from another experiment's) and an interrupted one resumed."""
     run_dir = config.run_dir
     if not overwrite and _started(run_dir):
         check_same_settings(run_dir, result_settings(config))
@@ -70,6 +83,13 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
             return read_json(run_dir / "summary.json")
         say(f"resuming {run_dir}")
         return run_training(config, resume=True)
+    twin = None if overwrite else find_twin(config)
+    if twin is not None:
+        # ex1.2 trains ex1's MLP again with the same settings: the same weights, so its finished run is copied.
+        say(f"copying finished run {twin} (same settings) to {run_dir}")
+        where = {k: v for k, v in config.to_dict().items() if k in RUN_LOCATORS or k.startswith("wandb")}
+        copy_run(twin, run_dir, {**where, "copied_from": str(twin)})
+        return read_json(run_dir / "summary.json")
     # A folder without summary or last.pth holds no finished epoch: nothing is lost by replacing it.
     return run_training(config, overwrite=True if run_dir.exists() else overwrite)
 

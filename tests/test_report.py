@@ -118,3 +118,20 @@ def test_report_states_residual_minus_twin_against_the_seed_spread(tmp_path):
     assert rows["2"] == "| rescnn | noskipcnn | 2 | 1.22 M / 1.19 M | 0.67 ± 1.53 | 2.08 | no |"
     assert rows["6"] == "| rescnn | noskipcnn | 6 | 1.22 M / 1.19 M | 5.67 ± 0.58 | 1.00 | yes, A ahead |"
     assert "larger than the larger of the two models' sample std over seeds" in report
+    assert ("**Finding at the deepest depth (6)**: rescnn 81.00% against noskipcnn 75.33% (mean of 3 seed(s)): "
+            "rescnn is at least as good as noskipcnn, as the lab expects.") in report
+
+
+@pytest.mark.parametrize("profile, expected", [("quick", "this cannot show the lab's finding"),
+                                               ("full", "The lab's finding does not hold in these runs.")])
+def test_a_finding_that_does_not_hold_says_why(tmp_path, profile, expected):
+    (tmp_path / "experiment.yaml").write_text(
+        f"name: x\nprofile: {profile}\nseeds: 1\noverrides: {{}}\nmodels: [{{model: rescnn, depths: [3]}}, "
+        "{model: noskipcnn, depths: [3]}]\ncompare: [[rescnn, noskipcnn]]\n")
+    runs = [_fake_run(tmp_path, "rescnn", 3, 0, 0.40, 1), _fake_run(tmp_path, "noskipcnn", 3, 0, 0.45, 1)]
+    status = {"experiment": "x", "description": "d", "profile": profile, "seeds": 1, "status": "done",
+              "reason": None, "runs": runs, "wall_seconds": 1.0}
+    (tmp_path / "study.json").write_text(json.dumps(status))
+    report = write_report(tmp_path).read_text()
+    assert "rescnn 40.00% against noskipcnn 45.00% (mean of 1 seed(s)): rescnn is below noskipcnn." in report
+    assert expected in report

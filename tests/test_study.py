@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 from pathlib import Path
 
@@ -169,6 +170,27 @@ def test_run_ex1_2_computes_gradient_flow_at_init_and_per_epoch(tmp_path, tiny_d
     assert record["grad_2.0_norm/fc_in.weight"] > 0
 
 
+def test_ex1_2_copies_ex1_s_finished_mlp_runs_and_trains_the_rest(tmp_path, tiny_data, capsys):
+    overrides = {**TINY, "data_dir": str(tiny_data), "out": str(tmp_path)}
+    study.run_experiment("ex1", overrides=overrides)
+    capsys.readouterr()
+    study.run_experiment("ex1.2", overrides=overrides)
+    out = capsys.readouterr().out
+    original, copy = tmp_path / "ex1" / "mlp-seed0", tmp_path / "ex1.2" / "mlp-seed0"
+    assert f"copying finished run {original} (same settings) to {copy}" in out
+    assert "copying" not in out.split("resmlp seed 0")[1]            # the residual MLP is trained
+    for name in ("summary.json", "metrics.jsonl", "best_model.pth"):
+        assert (copy / name).read_bytes() == (original / name).read_bytes()
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    assert (config["out"], config["wandb_group"], config["copied_from"]) == (str(tmp_path / "ex1.2"), "ex1.2",
+                                                                             str(original))
+    assert "mlp-seed0 from " in (tmp_path / "ex1.2" / "report.md").read_text()
+    # Other settings than the twin's: trained, not copied.
+    study.run_experiment("ex1.2", overrides={**overrides, "out": str(tmp_path / "other"), "lr": 0.01})
+    study.run_experiment("ex1", overrides={**overrides, "out": str(tmp_path / "other")})
+    assert "copying" not in capsys.readouterr().out
+
+
 def test_a_user_file_runs_under_its_own_name(tmp_path, tiny_data):
     path = tmp_path / "my-study.yaml"
     path.write_text("description: two MLP widths\ntrain: {dataset: fashionmnist}\nmodels:\n"
@@ -225,6 +247,9 @@ def test_ex2_1_reuses_the_lab_s_ex1_3_network(lab, tiny_data):
     assert source.stat().st_mtime_ns == before
     summary = json.loads((folder / "ex2.1" / "finetune-seed0" / "summary.json").read_text())
     assert summary["source_checkpoint"] == str(source)
+    # The lab's finding, said in one line with the measured numbers (tiny data: either way).
+    assert re.search(r"\*\*Finding\*\*: fine-tuning \d+\.\d\d% against the better frozen-feature probe \((svm|knn) "
+                     r"\d+\.\d\d%\): [+-]\d+\.\d\d points", (folder / "ex2.1" / "report.md").read_text())
 
 
 def test_cli_list_run_and_report(tmp_path, tiny_data, capsys):
