@@ -8,11 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 from torch import nn
 
 from .checkpoint import load_checkpoint
@@ -70,6 +65,13 @@ def extract_features(model: nn.Module, loader: TensorLoader) -> tuple[np.ndarray
 
 def make_probes(settings: TransferSettings) -> dict[str, Any]:
     """The scikit-learn classifiers fitted on frozen features, each after standardizing them."""
+    # Imported here: scikit-learn (and scipy) add about a second to the start of every `reslab` process.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
     return {"svm": make_pipeline(StandardScaler(), LinearSVC(C=settings.svm_c)),
             "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=settings.knn_k)),
             "logreg": make_pipeline(StandardScaler(), LogisticRegression(C=settings.logreg_c, max_iter=1000))}
