@@ -243,7 +243,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     seconds = [json.loads(line)["seconds"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return {"name": run_dir.name, "test_accuracy": summary["test_accuracy"], "epochs_run": summary["epochs_run"],
             "best_epoch": summary["best_epoch"], "stopped_by": summary["stopped_by"],
-            "train_seconds": summary["train_seconds"], "epoch_seconds": seconds}
+            "train_seconds": summary["train_seconds"], "epoch_seconds": seconds,
+            "copied": "copied_from:" in (run_dir / "config.yaml").read_text()}   # a twin's run, not trained again
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -347,10 +348,12 @@ def part_study(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                  f"{wall:.1f} s with W&B disabled ({auto['total'] - wall:+.1f} s)", ""))
     rows.append(("ex1 MLP test accuracy", mean_std(acc["ex1 mlp"]),
                  "{:.2f} ± {:.2f}% earlier".format(*EARLIER_ACCURACY["ex1 mlp"]), ""))
-    again = sum(r["train_seconds"] for r in runs12 if r["name"].startswith("mlp-seed"))
+    mlps = [r for r in runs12 if r["name"].startswith("mlp-seed")]
+    again = sum(r["train_seconds"] for r in mlps if not r["copied"])
+    reuse = (f"{sum(r['copied'] for r in mlps)} copied from ex1, not trained again" if not again
+             else f"{again:.1f} s of epochs spent again")
     rows.append(("ex1.2 MLP test accuracy", mean_std(acc["ex1.2 mlp"]),
-                 f"ex1 MLP {mean_std(acc['ex1 mlp'])} ({same}/{len(acc['ex1 mlp'])} seeds identical; "
-                 f"{again:.1f} s of epochs spent again)", ""))
+                 f"ex1 MLP {mean_std(acc['ex1 mlp'])} ({same}/{len(acc['ex1 mlp'])} seeds identical; {reuse})", ""))
     rows.append(("ex1.2 residual MLP test accuracy", mean_std(acc["ex1.2 resmlp"]),
                  "{:.2f} ± {:.2f}% earlier".format(*EARLIER_ACCURACY["ex1.2 resmlp"]), ""))
     epochs = {label: [r["epochs_run"] for r in runs if r["name"].startswith(model + "-seed")]
@@ -400,9 +403,10 @@ def study_breakdown(args: argparse.Namespace, chosen: dict[str, Any], wandb_extr
     t = args.timeout
     n = args.phase_repeat
     processes = 2
-    runs = chosen["runs"]["ex1"] + chosen["runs"]["ex1.2"]
+    # Runs that ex1.2 copied from ex1 (same settings) were not trained again: their seconds are ex1's.
+    runs = [r for r in chosen["runs"]["ex1"] + chosen["runs"]["ex1.2"] if not r["copied"]]
     n_runs = len(runs)
-    loads = n_runs + args.seeds          # every run loads the data; ex1.2's gradient flow once for all seeds
+    loads = processes                    # load_dataset reads a dataset once per process (then it is cached)
     phases: list[tuple[str, float, str]] = []
 
     # A fresh process does what a `reslab run` process does outside its runs: import reslab.cli and reslab.study,
@@ -441,9 +445,15 @@ def study_breakdown(args: argparse.Namespace, chosen: dict[str, Any], wandb_extr
     phases.append(("interpreter exit (teardown)", exit_ * processes, f"{how}: its last line to its end"))
 
     data_dir = str(args.data_dir)
-    load = median(time_in_process(lambda: load_dataset("mnist", data_dir), n))
+    from reslab import datasets
+
+    def read_again() -> None:   # the files themselves, as a process's first load reads them (not the cache)
+        datasets._CACHE.clear()
+        load_dataset("mnist", data_dir)
+
+    load = median(time_in_process(read_again, n))
     phases.append(("data loading (load_dataset mnist)", load * loads,
-                   f"in-process, median of {n} ({load:.2f} s), x {loads} loads ({n_runs} runs + gradient flow)"))
+                   f"in-process, median of {n} ({load:.2f} s), x {loads} loads (once per process)"))
     data = load_dataset("mnist", data_dir)
     config = TrainConfig(model="mlp", dataset="mnist", data_dir=data_dir, device=args.device, wandb="disabled")
     device = torch.device(args.device)
@@ -456,7 +466,8 @@ def study_breakdown(args: argparse.Namespace, chosen: dict[str, Any], wandb_extr
     later = [s for r in runs for s in r["epoch_seconds"][1:]]
     later_text = f", later epochs {sum(later):.1f} s ({len(later)}, median {median(later):.3f} s)" if later else ""
     phases.append(("training epochs (train+val+checkpoints)", epoch_total,
-                   f"summary.json train_seconds over {n_runs} runs, {sum(r['epochs_run'] for r in runs)} epochs: "
+                   f"summary.json train_seconds over the {n_runs} runs trained (copies left out), "
+                   f"{sum(r['epochs_run'] for r in runs)} epochs: "
                    f"first epochs {first:.1f} s{later_text}"))
 
     loaders = make_loaders(data, config, device)

@@ -117,13 +117,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def refuse_changed_settings(config: Any, overrides: dict[str, Any]) -> None:
     """--resume continues a run with its saved settings: a flag that would change one is an error, not ignored."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import MODEL_FIELDS, read_checkpoint
     from .config import RUN_LOCATORS
     from .errors import ConfigError
     last = config.run_dir / "last.pth"
     if not last.is_file():
         return   # run_training says what is missing
-    saved = read_checkpoint(last)["config"]
+    saved = read_checkpoint(last, MODEL_FIELDS + ("config",))["config"]
     changed = sorted(k for k, v in overrides.items() if k not in RUN_LOCATORS and saved.get(k) != v)
     if changed:
         raise ConfigError(f"--resume continues the run with its saved settings; "

@@ -12,7 +12,7 @@ from .analysis import epoch_grad_norms
 from .config import TrainConfig, TransferSettings, load_yaml
 from .errors import ReslabError
 from .experiments import apply_profile
-from .runfolder import read_json, read_jsonl
+from .runfolder import read_json, read_jsonl, writing
 
 REFERENCE_NOTE = "Reference: the reference lab's figure; Target: what this study sets out to reach (— = none given)."
 
@@ -28,7 +28,8 @@ def write_report(folder: str | Path) -> Path:
         raise ReslabError(f"{folder} holds no study results (no study.json or lab.json); run `reslab run NAME` or "
                           "`reslab lab` first and give the folder they wrote")
     path = folder / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    with writing(path):
+        path.write_text("\n".join(lines).rstrip() + "\n")
     return path
 
 
@@ -227,9 +228,7 @@ def _depth_finding(runs: list[dict[str, Any]], pairs: list[list[str]], profile: 
     line = (f"**Finding at the deepest depth ({deepest})**: {a} {mean_a:.2f}% against {b} {mean_b:.2f}% (mean of "
             f"{n} seed(s)): {a} is {'at least as good as' if holds else 'below'} {b}"
             f"{', as the lab expects' if holds else ''}.")
-    if not holds:
-        line += " " + (QUICK_CANNOT if profile == "quick" else "The lab's finding does not hold in these runs.")
-    return [line, ""]
+    return _finding(line, holds, profile)
 
 
 def _transfer_finding(runs: list[dict[str, Any]], profile: str) -> list[str]:
@@ -245,6 +244,11 @@ def _transfer_finding(runs: list[dict[str, Any]], profile: str) -> list[str]:
     line = (f"**Finding**: fine-tuning {tuned:.2f}% against the better frozen-feature probe ({best} "
             f"{means[best]:.2f}%): {gap:+.2f} points, fine-tuning "
             f"{'above both probes, as in the lab' if holds else 'not above both probes'}.")
+    return _finding(line, holds, profile)
+
+
+def _finding(line: str, holds: bool, profile: str) -> list[str]:
+    """A finding's line, with what it means when the lab's finding does not hold."""
     if not holds:
         line += " " + (QUICK_CANNOT if profile == "quick" else "The lab's finding does not hold in these runs.")
     return [line, ""]
@@ -428,7 +432,8 @@ def _protocol(definition: dict[str, Any], effective: dict[str, Any], status: dic
     lines.append(f"- Wall time of the command that ran this experiment: {_duration(status['wall_seconds'])} "
                  "(runs reused from an earlier command count as 0); train time per run is in the table above")
     lines.append(f"- Run folders: {', '.join(r['dir'].name for r in runs)}")
-    copies = [f"{r['dir'].name} from {r['copied_from']}" for r in runs if r.get("copied_from")]
+    copies = [f"{r['dir'].name} from ../{Path(r['copied_from']).parent.name}/{Path(r['copied_from']).name}"
+              for r in runs if r.get("copied_from")]
     if copies:
         lines.append("- Copied, not trained again (another experiment's finished runs with the same settings): "
                      + ", ".join(copies))

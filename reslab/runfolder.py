@@ -148,6 +148,21 @@ def is_reslab_folder(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
 
 
+STUDY_FILES = RUN_FILES + ("report.md", "figures", "gradient_flow.json", LOCK_NAME)
+
+
+def check_experiment_dir(folder: Path) -> None:
+    """An experiment folder may hold only what reslab writes there: its own files and run folders."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in STUDY_FILES and not p.name.startswith(".")
+                     and not (p.is_dir() and (is_reslab_folder(p) or not any(p.iterdir()))))
+    if foreign:
+        raise ReslabError(f"{folder} holds files that are not a reslab study's ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); choose another --out (reslab never writes "
+                          "among them)")
+
+
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Fail early, before any work, if the run folder cannot be used as asked."""
     if run_dir.exists() and not run_dir.is_dir():

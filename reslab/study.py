@@ -19,7 +19,7 @@ from .jobs import run_parallel
 from .models import model_arguments
 from .report import write_report
 from .run import run_training
-from .runfolder import FolderLock, copy_run, read_json, write_json_atomic, write_yaml
+from .runfolder import FolderLock, check_experiment_dir, copy_run, read_json, write_json_atomic, write_yaml
 
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
 # CLI flags that make no sense for a whole experiment.
@@ -116,6 +116,7 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
     folder = Path(folder) if folder is not None else out / experiment["name"]
     if folder.exists() and not folder.is_dir():
         raise ReslabError(f"{folder} is a file, not a folder")
+    check_experiment_dir(folder)
     main_process = is_main_process()
     lock = FolderLock(folder, "experiment folder")
     try:

@@ -461,3 +461,41 @@ def test_a_folder_of_other_files_is_never_a_run_folder(data, tmp_path, capsys, e
     err = _fails_cleanly(_run(data, tmp_path / "runs", "--name", "mine", *extra), capsys, tmp_path)
     assert "run folder" not in err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]   # not even a lock file
+
+
+def test_train_resume_with_a_last_pth_that_holds_no_settings(data, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "m"
+    assert main(_run(data, tmp_path / "runs", "--name", "m", "--epochs", "2")) == 0
+    checkpoint = torch.load(run_dir / "last.pth", weights_only=True)
+    checkpoint.pop("config")
+    torch.save(checkpoint, run_dir / "last.pth")
+    (run_dir / "summary.json").unlink()          # as if killed: a run to resume
+    capsys.readouterr()
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--name", "m", "--epochs", "2", "--resume"), capsys, tmp_path)
+    assert f"{run_dir / 'last.pth'}: not a usable reslab checkpoint (config missing" in err
+
+
+def test_an_experiment_folder_of_someone_else_s_files_is_refused(data, tmp_path, capsys):
+    folder = tmp_path / "runs" / "ex1"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "report.md").write_text("my own report")
+    err = _fails_cleanly(["run", "ex1", "--epochs", "1", "--wandb", "disabled", "--data-dir", str(data), "--out",
+                          str(tmp_path / "runs")], capsys, tmp_path)
+    assert f"{folder} holds files that are not a reslab study's (notes.txt)" in err
+
+
+def test_a_full_disk_while_writing_the_report_names_it(study, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "study"
+    shutil.copytree(study, folder)
+    original = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "report.md":   # a write into an open file: the error names no file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert main(["report", str(folder / "ex1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"reslab: error: no space left on device: {folder / 'ex1' / 'report.md'}"
