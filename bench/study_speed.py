@@ -8,7 +8,7 @@ study  Target 1 (CPU, 2 cores): ``reslab run ex1 --seeds 3`` plus ``reslab run e
        ``python -m reslab run EX --seeds 3 --data-dir D --out TMP --device DEV --wandb disabled``, --study-repeat
        times (median), then once more with W&B left at its default (``--wandb auto``: online when logged in, else
        offline) to show what W&B costs. The mean test accuracies are printed beside the earlier ones (ex1 MLP
-       97.70 +- 0.23 %, ex1.2 residual MLP 97.90 +- 0.14 %; ex1.2's MLP is ex1's, so it must match ex1).
+       97.63 +- 0.22 %, ex1.2 residual MLP 97.84 +- 0.19 % at 2 threads; ex1.2's MLP is ex1's, so it must match ex1).
        Then the wall time of the median pass broken down into phases, from the runs' own files (summary.json
        train_seconds, metrics.jsonl seconds, study.json wall_seconds) and from timing each phase apart: interpreter
        start (``python -c pass``), imports (``python -c "import reslab.cli, reslab.study"``, and the largest
@@ -88,10 +88,10 @@ USUAL = REPO / "bench" / "usual_pipeline.py"
 PARTS = ("study", "ttr", "epoch")
 
 # Earlier figures, printed beside today's (source in brackets).
-EARLIER_ACCURACY = {"ex1 mlp": (97.70, 0.23), "ex1.2 resmlp": (97.90, 0.14)}   # % over 3 seeds (issue 15)
+EARLIER_ACCURACY = {"ex1 mlp": (97.63, 0.22), "ex1.2 resmlp": (97.84, 0.19)}   # % over 3 seeds, 2 threads, at e3286b6
+# (bench/results/2026-12-03-cpu/study_speed-before.txt: before ex1.2 copied ex1's runs)
 EARLIER_EPOCH = {   # seconds per epoch of reslab's train_model (bench/epoch_speed.py (a)), README "Speed"
-    ("cpu", "mlp", 2): (0.315, "2 idle CPU cores, 2 threads, 2026-11-27"),
-    ("cpu", "mlp", 1): (0.449, "2 idle CPU cores, 1 thread, 2026-11-27"),
+    ("cpu", "mlp", 2): (0.549, "2 idle CPU cores, 2 threads, 2026-12-03 (bench/results/2026-12-03-cpu)"),
     ("cuda", "mlp", None): (0.662, "H100, 2026-11-27"),
     ("cuda", "rescnn", None): (2.001, "H100, 2026-11-27"),
 }

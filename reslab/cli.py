@@ -269,9 +269,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("list", help="list the shipped experiments")
     p.set_defaults(func=cmd_list)
 
+    reuse = ("A finished run with the same settings is reused, in this experiment's folder or copied from another "
+             "experiment's beside it (same --out): ex1.2's MLP runs are ex1's. An interrupted run is resumed. Each "
+             "experiment folder gets report.md with the lab's tables, figures and findings.")
     for name, func, helptext in (("run", cmd_run, "run one experiment (a shipped name or a YAML file)"),
                                  ("lab", cmd_lab, "run the four reference exercises in order, then the report")):
-        p = command(name, help=helptext, description=helptext)
+        p = command(name, help=helptext, description=f"{helptext[0].upper()}{helptext[1:]}. {reuse}")
         if name == "run":
             p.add_argument("experiment", help="experiment name (see `reslab list`) or a YAML file")
         p.add_argument("--seeds", type=int, default=1, help="repeat every model with seeds 0..N-1 (default 1)")
