@@ -30,7 +30,8 @@
 # STEPS, in priority order; from step 4 on, each starts only if the time left before the deadline fits it:
 #   1. data: bench/gpu_data.py assemble (CIFAR-10 and MNIST now, waiting for the background unpacking of call 2;
 #      CIFAR-100 in the background, awaited before step 4). --smoke: tiny generated data (tests/fakedata.py).
-#   2. speed benchmark: bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120.
+#   2. speed benchmark: bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120;
+#      then bench/batched_seeds.py (separate vs vmapped seeds, timeout 60) when 90 s are left, into bench.txt too.
 #   3. ex1.3 seed 0: the 9 models, RESLAB_GPU_JOBS at a time (default 9); always runs (cut at the deadline).
 #   4. ex2.1 seed 0, full protocol, its source ex1.3's rescnn6-seed0 from the same --out: if RESLAB_GPU_EST_EX21
 #      seconds (default 240, a guess: probes on 45k images and two fine-tunings of up to 30 epochs) are left, or
@@ -154,6 +155,13 @@ else
   # Not through step(): a pipeline's left side runs in a subshell, where its count of failures would be lost.
   timeout --kill-after=10 $((left < 120 ? left : 120)) "$py" "${speed[@]}" ${bench[@]+"${bench[@]}"} \
     | tee "$out/bench.txt" || { say "speed benchmark failed or cut (rc ${PIPESTATUS[0]})"; failed=$((failed + 1)); }
+  # Would a study's seeds train faster as one batched model? (separate vs vmapped, same arithmetic; about 25 s)
+  left=$((deadline - SECONDS))
+  if [ -f "$root/bench/batched_seeds.py" ] && [ "$left" -gt 90 ]; then
+    size=(); [ "$smoke" = 1 ] && size=(--steps 3 --repeat 1)
+    timeout --kill-after=10 60 "$py" "$root/bench/batched_seeds.py" --device "$device" ${size[@]+"${size[@]}"} \
+      | tee -a "$out/bench.txt" || { say "batched-seeds benchmark failed or cut (rc ${PIPESTATUS[0]})"; failed=$((failed + 1)); }
+  fi
 fi
 
 # 3. ex1.3 seed 0 ----------------------------------------------------------------------------------------------
