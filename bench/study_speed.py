@@ -394,7 +394,7 @@ def study_breakdown(args: argparse.Namespace, chosen: dict[str, Any], wandb_extr
     """Where the median pass's wall time went, phase by phase; printed as a table."""
     from reslab.analysis import gradient_flow_at_init
     from reslab.config import TrainConfig
-    from reslab.datasets import load_dataset
+    from reslab.datasets import clear_dataset_cache, load_dataset
     from reslab.evaluate import evaluate
     from reslab.experiments import load_experiment, train_configs
     from reslab.loader import make_loaders
@@ -445,10 +445,8 @@ def study_breakdown(args: argparse.Namespace, chosen: dict[str, Any], wandb_extr
     phases.append(("interpreter exit (teardown)", exit_ * processes, f"{how}: its last line to its end"))
 
     data_dir = str(args.data_dir)
-    from reslab import datasets
-
     def read_again() -> None:   # the files themselves, as a process's first load reads them (not the cache)
-        datasets._CACHE.clear()
+        clear_dataset_cache()
         load_dataset("mnist", data_dir)
 
     load = median(time_in_process(read_again, n))

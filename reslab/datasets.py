@@ -194,13 +194,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     The arrays are read-only; a second call for unchanged files returns the same Dataset without reading them."""
     spec = get_spec(name)
     root, layout, paths = _ensure(spec, data_dir, download)
-    key = (spec.name, layout.folder, *((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-                                      for p in paths.values()))
+    stats = [(str(path.resolve()), path.stat()) for path in paths.values()]
+    key = (spec.name, layout.folder, *((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     if key not in _CACHE:
         while len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = _read_dataset(spec, root, layout, paths)
     return _CACHE[key]
+
+
+def clear_dataset_cache() -> None:
+    """Forget the datasets this process has read: the next load_dataset reads the files again."""
+    _CACHE.clear()
 
 
 def _read_dataset(spec: DatasetSpec, root: Path, layout: Layout, paths: dict[str, Path]) -> Dataset:

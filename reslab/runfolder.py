@@ -189,8 +189,9 @@ def empty_folder(folder: Path) -> None:
             entry.unlink()
 
 
-def copy_run(source: Path, run_dir: Path, config_changes: dict[str, Any]) -> None:
-    """Copy a finished run folder (locked while copied) into an empty or new run_dir, its config.yaml amended."""
+def copy_run(source: Path, run_dir: Path, config: dict[str, Any]) -> None:
+    """Copy a finished run folder (locked while copied) into an empty or new run_dir, with `config` as its
+    config.yaml (the source's, amended by the caller)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(source), FolderLock(run_dir):
         empty_folder(run_dir)
@@ -203,8 +204,7 @@ def copy_run(source: Path, run_dir: Path, config_changes: dict[str, Any]) -> Non
                 else:
                     shutil.copy2(entry, run_dir / entry.name)
         # config.yaml last: until it is written the folder holds no started run, so a copy cut short is redone.
-        config = yaml.safe_load((source / "config.yaml").read_text())
-        write_yaml(run_dir / "config.yaml", {**config, **config_changes})
+        write_yaml(run_dir / "config.yaml", config)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -18,7 +18,7 @@ from .experiments import experiment_path, load_experiment, source_config, target
 from .jobs import run_parallel
 from .models import model_arguments
 from .report import write_report
-from .run import run_training
+from .run import finished_summary, run_training
 from .runfolder import FolderLock, check_experiment_dir, copy_run, read_json, write_json_atomic, write_yaml
 
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
@@ -41,18 +41,20 @@ def _started(run_dir: Path) -> bool:
 
 def _finished(run_dir: Path) -> bool:
     """Whether a run folder holds a result that was not cut short."""
-    if not (run_dir / "summary.json").is_file() or not (run_dir / "config.yaml").is_file():
-        return False
-    return read_json(run_dir / "summary.json").get("stopped_by") != StopReason.INTERRUPTED
+    return (run_dir / "config.yaml").is_file() and finished_summary(run_dir) is not None
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The settings whose saved value is not the wanted one."""
+    return [key for key, value in wanted.items() if saved.get(key) != value]
 
 
 def check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
     """Refuse to reuse a run folder whose saved settings differ from the wanted ones."""
     saved = load_yaml(run_dir / "config.yaml")
-    for key, value in wanted.items():
-        if saved.get(key) != value:
-            raise ReslabError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, this one wants {value!r}; "
-                              "use --overwrite to replace it or --out for another folder")
+    for key in _differences(saved, wanted)[:1]:
+        raise ReslabError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, this one wants {wanted[key]!r}; "
+                          "use --overwrite to replace it or --out for another folder")
 
 
 def result_settings(config: TrainConfig) -> dict[str, Any]:
@@ -60,15 +62,22 @@ def result_settings(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k in RESULT_KEYS}
 
 
-def find_twin(config: TrainConfig) -> Path | None:
-    """A finished run of another experiment beside this one (same --out) with this run's name and result settings."""
+def find_twin(config: TrainConfig) -> tuple[Path, dict[str, Any]] | None:
+    """A finished run of another experiment beside this one (same --out) with this run's name and result settings,
+    and its saved config."""
     run_dir = config.run_dir
     wanted = result_settings(config)
     for other in sorted(run_dir.parent.parent.glob(f"*/{run_dir.name}")):
-        if other.parent != run_dir.parent and _finished(other):
+        if other.parent == run_dir.parent:
+            continue
+        try:
+            if not _finished(other):
+                continue
             saved = load_yaml(other / "config.yaml")
-            if all(saved.get(key) == value for key, value in wanted.items()):
-                return other
+        except ReslabError:   # another experiment's damaged run is no twin; its own command reports it
+            continue
+        if not _differences(saved, wanted):
+            return other, saved
     return None
 
 
@@ -86,9 +95,10 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
     twin = None if overwrite else find_twin(config)
     if twin is not None:
         # ex1.2 trains ex1's MLP again with the same settings: the same weights, so its finished run is copied.
-        say(f"copying finished run {twin} (same settings) to {run_dir}")
+        source, saved = twin
+        say(f"copying finished run {source} (same settings) to {run_dir}")
         where = {k: v for k, v in config.to_dict().items() if k in RUN_LOCATORS or k.startswith("wandb")}
-        copy_run(twin, run_dir, {**where, "copied_from": str(twin)})
+        copy_run(source, run_dir, {**saved, **where, "copied_from": str(source)})
         return read_json(run_dir / "summary.json")
     # A folder without summary or last.pth holds no finished epoch: nothing is lost by replacing it.
     return run_training(config, overwrite=True if run_dir.exists() else overwrite)

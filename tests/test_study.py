@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -185,6 +186,12 @@ def test_ex1_2_copies_ex1_s_finished_mlp_runs_and_trains_the_rest(tmp_path, tiny
     assert (config["out"], config["wandb_group"], config["copied_from"]) == (str(tmp_path / "ex1.2"), "ex1.2",
                                                                              str(original))
     assert "mlp-seed0 from " in (tmp_path / "ex1.2" / "report.md").read_text()
+    # A damaged run of another experiment is no twin, and no reason to refuse this one: it is trained.
+    shutil.copytree(tmp_path / "ex1", tmp_path / "damaged" / "ex1")
+    (tmp_path / "damaged" / "ex1" / "mlp-seed0" / "summary.json").write_text("{")
+    study.run_experiment("ex1.2", overrides={**overrides, "out": str(tmp_path / "damaged")})
+    assert "copying" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "damaged" / "ex1.2" / "mlp-seed0" / "summary.json").read_text())["epochs_run"] == 1
     # Other settings than the twin's: trained, not copied.
     study.run_experiment("ex1.2", overrides={**overrides, "out": str(tmp_path / "other"), "lr": 0.01})
     study.run_experiment("ex1", overrides={**overrides, "out": str(tmp_path / "other")})
