@@ -7,7 +7,7 @@ them, writes a manifest (every pack's and part's size and md5) and prints the ca
 with the exact `carry` paths, its size, the command it runs and its timeout_s. `assemble` (there) joins the packs
 whose parts have all arrived, checks their md5, unpacks them with the staged cifarpack.py and copies MNIST.
 
-    python bench/gpu_data.py stage [--out .device] [--part-mib 50]      # here; prints the carry plan
+    python bench/gpu_data.py stage [--out .device] [--part-mib N]       # here; prints the carry plan
     python bench/gpu_data.py plan [--out .device]                       # here; the plan of a staged folder again
     python bench/gpu_data.py status STAGE                               # there: which parts arrived (md5-checked)
     python bench/gpu_data.py assemble STAGE DATA_DIR [--pack NAME ...] [--background LOG]   # there
@@ -40,13 +40,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-PACKS = ("cifar10", "cifar100")           # in the order they travel: CIFAR-10 first, ex1.3 needs it first
+PACKS = ("cifar10", "cifar100")
+# The travel order: CIFAR-10 first (ex1.3 needs it first), MNIST right after it (the benchmark and ex1/ex1.2 need
+# it), then CIFAR-100 (ex2.1, which runs after ex1.3).
+TRAVEL = ("cifar10", "mnist", "cifar100")
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz")
 CALL_LIMIT_MIB = 64                       # the device tool's limit on what one call carries, working tree included
 DEVICE_DATA = "/tmp/reslab-gpu-data"      # DATA_DIR on the GPU machine (bench/gpu_lab.sh reads it from there)
 DEVICE_LOG = "/tmp/reslab-gpu-data.log"   # the background assemble's output there
 CHUNK = 4 * MIB
+MANIFEST_BYTES = 8192                     # an upper bound for manifest.json, which holds the plan too
 
 
 class Refused(Exception):
@@ -67,31 +71,50 @@ def mib(n: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ stage (here)
 
-def split_pack(src: Path, parts_dir: Path, part_bytes: int) -> dict[str, Any]:
-    """Copy `src` into parts of at most part_bytes; its md5 and size, and each part's path, size and md5."""
+def split_pack(src: Path, parts_dir: Path, part_sizes: list[int]) -> dict[str, Any]:
+    """Copy `src` into parts of the given sizes; its md5 and size, and each part's path, size and md5."""
     whole = hashlib.md5()
     parts = []
     with open(src, "rb") as f:
-        index = 0
-        while True:
+        for index, want in enumerate(part_sizes):
             path = parts_dir / f"{src.name}.part{index}"
             h, size = hashlib.md5(), 0
             with open(path, "wb") as out:
-                while size < part_bytes:
-                    block = f.read(min(CHUNK, part_bytes - size))
+                while size < want:
+                    block = f.read(min(CHUNK, want - size))
                     if not block:
-                        break
+                        raise Refused(f"{src} is shorter than it was a moment ago: stage again")
                     out.write(block)
                     h.update(block)
                     whole.update(block)
                     size += len(block)
-            if size == 0:
-                path.unlink()
-                break
             parts.append({"path": f"parts/{path.name}", "size": size, "md5": h.hexdigest()})
-            index += 1
+        if f.read(1):
+            raise Refused(f"{src} grew while it was split: stage again")
     return {"name": src.stem, "file": src.name, "size": sum(p["size"] for p in parts), "md5": whole.hexdigest(),
             "parts": parts}
+
+
+def fill_calls(items: list[tuple[str, int, bool]], room: int, part_max: int) -> dict[str, list[int]]:
+    """Part sizes for the divisible items (name, bytes, divisible), in travel order, cut so that each call is filled
+    to `room` bytes of data before the next begins: the fewest calls. make_plan then finds these same calls."""
+    parts: dict[str, list[int]] = {name: [] for name, _, divisible in items if divisible}
+    free, paths = room, 2           # every call also carries manifest.json and cifarpack.py (counted in room)
+    for name, size, divisible in items:
+        while size > 0:
+            whole = size if not divisible else 1
+            if free < whole or paths >= 8:
+                free, paths = room, 2
+                if whole > free:
+                    raise Refused(f"{name} ({mib(size)}) does not fit one call ({mib(room)} of data beside the "
+                                  f"working tree)")
+            piece = size if not divisible else min(size, free, part_max)
+            if divisible:
+                parts[name].append(piece)
+            free -= piece
+            paths += 1
+            size -= piece
+    return parts
 
 
 def tree_bytes(repo: Path) -> int:
@@ -106,19 +129,26 @@ def tree_bytes(repo: Path) -> int:
     return total
 
 
+def call_room(tree: int, margin_mib: float, call_mib: float | None) -> int:
+    """Bytes of data (manifest and cifarpack.py included) one call carries beside the working tree."""
+    return int((call_mib if call_mib is not None else CALL_LIMIT_MIB - margin_mib) * MIB) - tree
+
+
 def make_plan(manifest: dict[str, Any], stage_rel: str, tree: int, margin_mib: float,
               call_mib: float | None = None) -> dict[str, Any]:
     """The device calls: each carries the manifest, cifarpack.py and the next items (in travel order) that fit."""
-    room = int((call_mib if call_mib is not None else CALL_LIMIT_MIB - margin_mib) * MIB) - tree
+    room = call_room(tree, margin_mib, call_mib)
     small = [f"{stage_rel}/manifest.json", f"{stage_rel}/cifarpack.py"]
     small_bytes = manifest["manifest_bytes"] + manifest["cifarpack"]["size"]
     items = []   # (carry path, bytes, what it completes or None)
-    for pack in (p for name in PACKS for p in manifest["packs"] if p["name"] == name):
+    for name in TRAVEL:
+        if name == "mnist":
+            items.append((f"{stage_rel}/MNIST", manifest["mnist"]["size"], "mnist"))
+            continue
+        pack = next(p for p in manifest["packs"] if p["name"] == name)
         for i, part in enumerate(pack["parts"]):
             items.append((f"{stage_rel}/{part['path']}", part["size"],
                           pack["name"] if i == len(pack["parts"]) - 1 else None))
-        if pack["name"] == "cifar10":   # MNIST travels right after CIFAR-10: the benchmark and ex1/ex1.2 need it
-            items.append((f"{stage_rel}/MNIST", manifest["mnist"]["size"], "mnist"))
     calls: list[dict[str, Any]] = []
     for path, size, completes in items:
         if small_bytes + size > room:
@@ -168,18 +198,26 @@ def plan_text(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def stage(out: Path, shared: Path, part_mib: float, margin_mib: float, call_mib: float | None) -> dict[str, Any]:
+def stage(out: Path, shared: Path, part_mib: float | None, margin_mib: float,
+          call_mib: float | None) -> dict[str, Any]:
     start = time.perf_counter()
-    part_bytes = max(1, int(part_mib * MIB))
+    part_max = int(part_mib * MIB) if part_mib else CALL_LIMIT_MIB * MIB
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "parts", ignore_errors=True)   # parts of an earlier staging would travel for nothing
     (out / "parts").mkdir()
-    packs = []
-    for name in PACKS:
-        src = shared / "cifar-lossless" / f"{name}.npz"
+    sources = {name: shared / "cifar-lossless" / f"{name}.npz" for name in PACKS}
+    for src in sources.values():
         if not src.is_file():
             raise Refused(f"no {src}")
-        packs.append(split_pack(src, out / "parts", part_bytes))
+    tree = tree_bytes(ROOT)
+    small_bytes = MANIFEST_BYTES + (shared / "cifar-lossless" / "cifarpack.py").stat().st_size
+    mnist_bytes = sum((shared / "MNIST" / "raw" / name).stat().st_size for name in MNIST_FILES)
+    items = [(name, mnist_bytes, False) if name == "mnist" else (name, sources[name].stat().st_size, True)
+             for name in TRAVEL]
+    cuts = fill_calls(items, call_room(tree, margin_mib, call_mib) - small_bytes, part_max)
+    packs = []
+    for name in PACKS:
+        packs.append(split_pack(sources[name], out / "parts", cuts[name]))
         print(f"{name}: {mib(packs[-1]['size'])} in {len(packs[-1]['parts'])} part(s), md5 {packs[-1]['md5']}")
     shutil.copyfile(shared / "cifar-lossless" / "cifarpack.py", out / "cifarpack.py")
     mnist_dir = out / "MNIST" / "raw"
@@ -191,16 +229,16 @@ def stage(out: Path, shared: Path, part_mib: float, margin_mib: float, call_mib:
         mnist.append({"path": f"MNIST/raw/{name}", "size": (mnist_dir / name).stat().st_size,
                       "md5": md5_file(mnist_dir / name)})
     manifest: dict[str, Any] = {
-        "format": 1, "staged": time.strftime("%Y-%m-%d %H:%M:%S"), "part_bytes": part_bytes, "packs": packs,
+        "format": 1, "staged": time.strftime("%Y-%m-%d %H:%M:%S"), "packs": packs,
         "mnist": {"files": mnist, "size": sum(f["size"] for f in mnist)},
         "cifarpack": {"path": "cifarpack.py", "size": (out / "cifarpack.py").stat().st_size,
                       "md5": md5_file(out / "cifarpack.py")},
-        "manifest_bytes": 8192}   # an upper bound for the plan, which is written into the manifest too
+        "manifest_bytes": MANIFEST_BYTES}
     try:
         stage_rel = str(out.resolve().relative_to(ROOT))
     except ValueError:
         stage_rel = str(out)
-    manifest["plan"] = make_plan(manifest, stage_rel, tree_bytes(ROOT), margin_mib, call_mib)
+    manifest["plan"] = make_plan(manifest, stage_rel, tree, margin_mib, call_mib)
     text = json.dumps(manifest, indent=1) + "\n"
     assert len(text) <= manifest["manifest_bytes"], "the plan counted too little for manifest.json"
     (out / "manifest.json").write_text(text)
@@ -393,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stage", help="split the packs, copy MNIST and cifarpack.py, print the carry plan (here)")
     p.add_argument("--out", default=str(ROOT / ".device"), help="stage folder (default .device, git-ignored)")
-    p.add_argument("--part-mib", type=float, default=50, help="largest part in MiB (default 50)")
+    p.add_argument("--part-mib", type=float,
+                   help="largest part in MiB (default: parts cut so that each call is filled before the next)")
     p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="the shared data folder")
     p.add_argument("--margin-mib", type=float, default=4,
                    help="room left free in each call below the tool's 64 MiB (default 4)")

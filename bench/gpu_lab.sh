@@ -11,19 +11,21 @@
 # of 60,000 images exact), 202 MiB, more than one device call carries (64 MiB, working tree included). Here, first:
 #   python bench/gpu_data.py stage          # parts in .device/ (git-ignored); prints this plan with today's sizes
 # then four device calls, back to back (each within ~30 s of the last reply, or the machine and its parts are gone;
-# a reply with warm: false after call 1: start again at call 1). Sizes of 2026-12-03 (working tree 3.6 MiB; call 2 has 0.4 MiB to spare):
-#   call 1: 53.6 MiB  timeout_s 120
+# a reply with warm: false after call 1: start again at call 1). stage cuts the packs so that each call is filled
+# to 60 MiB before the next begins: four calls while the working tree stays under ~6.5 MiB. Sizes of 2026-12-03
+# (working tree 3.6 MiB):
+#   call 1: 60.0 MiB  timeout_s 120
 #     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar10.npz.part0"]
 #     command: python3 bench/gpu_data.py status .device
-#   call 2: 59.6 MiB  timeout_s 120   (completes CIFAR-10 and MNIST: their unpacking starts, setsid, in background)
-#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar10.npz.part1", ".device/MNIST"]
+#   call 2: 60.0 MiB  timeout_s 120   (completes CIFAR-10 and MNIST: their unpacking starts, setsid, in background)
+#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar10.npz.part1", ".device/MNIST", ".device/parts/cifar100.npz.part0"]
 #     command: python3 bench/gpu_data.py status .device && python3 bench/gpu_data.py assemble .device
 #              /tmp/reslab-gpu-data --background /tmp/reslab-gpu-data.log
-#   call 3: 53.6 MiB  timeout_s 120
-#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part0"]
-#     command: python3 bench/gpu_data.py status .device
-#   call 4 (final): 49.8 MiB  timeout_s 600   (this script: waits for CIFAR-10, unpacks CIFAR-100 beside ex1.3)
+#   call 3: 60.0 MiB  timeout_s 120
 #     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part1"]
+#     command: python3 bench/gpu_data.py status .device
+#   call 4 (final): 36.6 MiB  timeout_s 600   (this script: waits for CIFAR-10, unpacks CIFAR-100 beside ex1.3)
+#     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part2"]
 #     command: bash bench/gpu_lab.sh $OUT
 #     (with less than ~11 minutes of device time left before it: RESLAB_GPU_DEADLINE=<budget_left_s - 120> first)
 #

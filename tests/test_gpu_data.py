@@ -190,40 +190,64 @@ def fake_manifest(sizes_mib: dict[str, list[float]], mnist_mib: float) -> dict:
             "cifarpack": {"size": 7238}}
 
 
+def staged_manifest(pack_mib: dict[str, float], mnist_mib: float, tree: int) -> dict:
+    """The manifest `stage` would write for packs and MNIST of these sizes beside a working tree of `tree` bytes."""
+    small = 8192 + 7238
+    items = [(name, int(mnist_mib * MIB), False) if name == "mnist" else (name, int(pack_mib[name] * MIB), True)
+             for name in gpu_data.TRAVEL]
+    cuts = gpu_data.fill_calls(items, gpu_data.call_room(tree, 4, None) - small, 64 * MIB)
+    return fake_manifest({name: [size / MIB for size in cuts[name]] for name in gpu_data.PACKS}, mnist_mib)
+
+
 def test_the_plan_of_the_real_sizes():
-    """The packs of ../shared/data at 50 MiB a part: four calls, CIFAR-10 and MNIST unpacked from call 2 on."""
-    manifest = fake_manifest({"cifar10": [50, 44.96], "cifar100": [50, 46.15]}, 11.06)
-    plan = gpu_data.make_plan(manifest, ".device", tree=int(1.7 * MIB), margin_mib=4)
+    """The packs of ../shared/data cut to fill each call: four calls, CIFAR-10 and MNIST unpacked from call 2 on."""
+    tree = int(3.6 * MIB)
+    plan = gpu_data.make_plan(staged_manifest({"cifar10": 94.96, "cifar100": 96.15}, 11.06, tree), ".device",
+                              tree=tree, margin_mib=4)
     calls = plan["calls"]
     assert [c["carry"][2:] for c in calls] == [
-        [".device/parts/cifar10.npz.part0"], [".device/parts/cifar10.npz.part1", ".device/MNIST"],
-        [".device/parts/cifar100.npz.part0"], [".device/parts/cifar100.npz.part1"]]
+        [".device/parts/cifar10.npz.part0"],
+        [".device/parts/cifar10.npz.part1", ".device/MNIST", ".device/parts/cifar100.npz.part0"],
+        [".device/parts/cifar100.npz.part1"], [".device/parts/cifar100.npz.part2"]]
     assert all(c["carry"][:2] == [".device/manifest.json", ".device/cifarpack.py"] for c in calls)
     assert all(c["total_bytes"] <= 60 * MIB and len(c["carry"]) <= 8 for c in calls)
+    assert all(c["total_bytes"] > 60 * MIB - 16 for c in calls[:3])          # filled to the byte (int rounding)
     assert [c["completes"] for c in calls] == [[], ["cifar10", "mnist"], [], ["cifar100"]]
     assert "--background" in calls[1]["command"] and "--background" not in calls[0]["command"] + calls[2]["command"]
     assert calls[-1]["command"] == "bash bench/gpu_lab.sh $OUT" and calls[-1]["timeout_s"] == 600
     text = gpu_data.plan_text(plan)
-    # bench/gpu_lab.sh's header shows the same plan
-    header = (ROOT / "bench" / "gpu_lab.sh").read_text()
-    for call in calls:
-        assert f"carry {json.dumps(call['carry'])}" in header
-        assert f"timeout_s {call['timeout_s']}" in text
+    assert all(f"timeout_s {call['timeout_s']}" in text for call in calls)
+
+
+def test_filled_calls_are_the_fewest_as_the_tree_grows():
+    sizes = ({"cifar10": 94.96, "cifar100": 96.15}, 11.06)
+    counts = {}
+    for tree_mib in (0.5, 3.6, 6.5, 9.5, 12):
+        tree = int(tree_mib * MIB)
+        plan = gpu_data.make_plan(staged_manifest(*sizes, tree), ".device", tree=tree, margin_mib=4)
+        data = sum(c["data_bytes"] for c in plan["calls"])
+        assert len(plan["calls"]) == -(-data // plan["room_bytes"])   # no call more than the bytes need
+        counts[tree_mib] = len(plan["calls"])
+    assert counts == {0.5: 4, 3.6: 4, 6.5: 4, 9.5: 5, 12: 5}
+
+
+def test_a_part_too_large_for_a_call_is_refused():
     with pytest.raises(gpu_data.Refused, match="smaller --part-mib"):
-        gpu_data.make_plan(fake_manifest({"cifar10": [62, 33]}, 11), ".device", tree=int(1.7 * MIB), margin_mib=4)
+        gpu_data.make_plan(fake_manifest({"cifar10": [62, 33], "cifar100": [40]}, 11), ".device", tree=int(1.7 * MIB), margin_mib=4)
+    with pytest.raises(gpu_data.Refused, match="does not fit one call"):
+        gpu_data.fill_calls([("mnist", 70 * MIB, False)], 56 * MIB, 64 * MIB)
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "cifar-lossless").is_dir(), reason="no ../shared/data")
 def test_the_header_plan_fits_todays_packs_and_tree():
     """The plan in gpu_lab.sh's header, recomputed from the sizes of the real packs and today's working tree."""
     shared = ROOT.parent / "shared" / "data"
-    manifest = fake_manifest({name: [] for name in gpu_data.PACKS}, 0)
-    for pack in manifest["packs"]:
-        size = (shared / "cifar-lossless" / pack["file"]).stat().st_size
-        pack["parts"] = [{"path": f"parts/{pack['file']}.part{i}", "size": min(50 * MIB, size - i * 50 * MIB)}
-                         for i in range(-(-size // (50 * MIB)))]
-    manifest["mnist"]["size"] = sum((shared / "MNIST" / "raw" / n).stat().st_size for n in gpu_data.MNIST_FILES)
-    plan = gpu_data.make_plan(manifest, ".device", gpu_data.tree_bytes(ROOT), margin_mib=4)
+    tree = gpu_data.tree_bytes(ROOT)
+    manifest = staged_manifest({name: (shared / "cifar-lossless" / f"{name}.npz").stat().st_size / MIB
+                                for name in gpu_data.PACKS},
+                               sum((shared / "MNIST" / "raw" / n).stat().st_size for n in gpu_data.MNIST_FILES) / MIB,
+                               tree)
+    plan = gpu_data.make_plan(manifest, ".device", tree, margin_mib=4)
     header = (ROOT / "bench" / "gpu_lab.sh").read_text()
     stale = "bench/gpu_lab.sh's header is out of date: run `python bench/gpu_data.py stage` and copy its plan there"
     assert len(plan["calls"]) == 4, stale
