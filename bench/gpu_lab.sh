@@ -43,6 +43,10 @@
 #   6. ex1.3 and ex2.1 seeds 1 and 2: both seeds if 2.3x (ex1.3 seed 0's wall + ex2.1 seed 0's) is left, seed 1
 #      alone if 1.2x is, else none (ex2.1's seeds only where its seed 0 ran). --smoke: seed 1 alone.
 #   7. ex1.3-deep seed 0 (6 runs): if RESLAB_GPU_EST_DEEP seconds are left (default: ex1.3 seed 0's wall).
+# IN INSTALMENTS: one lease holds about a seed of the lab. RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz,
+# committed under bench/results/> takes that lease's finished runs in first (bench/earlier_runs.py: runs cut short,
+# and a rescnn6 whose ex2.1 seed has not finished, are trained again); every step then reuses what is there and
+# trains what is missing, and this lease's runs.tar.gz holds them all.
 # A step left out for lack of time is noted, not counted as a failure. Training stops by RESLAB_GPU_DEADLINE
 # seconds after the start (default 540; runs cut there stop politely and say "interrupted", and are resumable);
 # a step that would start after it is skipped and counted as failed. --smoke runs every step whatever the estimates.
@@ -64,8 +68,15 @@ deadline=${RESLAB_GPU_DEADLINE:-540}
 est_ex21=${RESLAB_GPU_EST_EX21:-240}
 min_ex21=${RESLAB_GPU_MIN_EX21:-120}
 est_mnist=${RESLAB_GPU_EST_MNIST:-90}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT              # runs and checkpoints: what matters is packed into OUT_DIR
+if [ "$mode" = "--smoke" ]; then
+  work=${RESLAB_GPU_WORK:-}
+  [ -n "$work" ] || { work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; }   # what matters is packed into OUT_DIR
+else
+  # A fixed folder: ex2.1's runs record their source checkpoint's path, the same in every lease only so, and a
+  # later lease reuses them only then (RESLAB_GPU_EARLIER); a rerun on the same warm machine resumes cut runs.
+  work=${RESLAB_GPU_WORK:-/tmp/reslab-gpu-work}
+fi
+mkdir -p "$work"
 runs=$work/runs
 py=${PYTHON:-python3}                  # the interpreter that has torch
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -139,6 +150,10 @@ else
   mnist_seeds=3
 fi
 say "data ready in $data"
+if [ -n "${RESLAB_GPU_EARLIER:-}" ]; then   # earlier leases' finished runs: reused, not trained again
+  say "earlier runs from $RESLAB_GPU_EARLIER (bench/earlier_runs.py)"
+  step "$py" "$root/bench/earlier_runs.py" "$RESLAB_GPU_EARLIER" "$runs"
+fi
 common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${shrink[@]+"${shrink[@]}"})
 
 # 2. speed benchmark -------------------------------------------------------------------------------------------

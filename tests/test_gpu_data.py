@@ -233,7 +233,8 @@ def test_filled_calls_are_the_fewest_as_the_tree_grows():
 
 def test_a_part_too_large_for_a_call_is_refused():
     with pytest.raises(gpu_data.Refused, match="smaller --part-mib"):
-        gpu_data.make_plan(fake_manifest({"cifar10": [62, 33], "cifar100": [40]}, 11), ".device", tree=int(1.7 * MIB), margin_mib=4)
+        gpu_data.make_plan(fake_manifest({"cifar10": [62, 33], "cifar100": [40]}, 11), ".device",
+                           tree=int(1.7 * MIB), margin_mib=4)
     with pytest.raises(gpu_data.Refused, match="does not fit one call"):
         gpu_data.fill_calls([("mnist", 70 * MIB, False)], 56 * MIB, 64 * MIB)
 

@@ -71,10 +71,17 @@ def test_gpu_lab_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_lab_past_its_deadline_skips_training_and_still_returns_the_log(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "RESLAB_GPU_DEADLINE": "0"}
+    earlier = tmp_path / "earlier" / "ex1" / "mlp-seed0"   # an earlier lease's finished run (bench/earlier_runs.py)
+    earlier.mkdir(parents=True)
+    (earlier / "config.yaml").write_text("seed: 0\n")
+    (earlier / "summary.json").write_text('{"stopped_by": "stagnation"}')
+    env = {**os.environ, "PYTHON": sys.executable, "RESLAB_GPU_DEADLINE": "0",
+           "RESLAB_GPU_EARLIER": str(tmp_path / "earlier"), "RESLAB_GPU_WORK": str(tmp_path / "work")}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_lab.sh"), str(out), "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
+    assert "ex1: 1 run(s) taken in" in proc.stdout         # taken in before any step, whatever the deadline
+    assert (tmp_path / "work" / "runs" / "ex1" / "mlp-seed0" / "summary.json").is_file()
     # ex1.3 seed 0, ex2.1 seed 0, ex1, ex1.2, ex1.3 and ex2.1 seed 1, ex1.3-deep: every training step, in order
     assert proc.stdout.count("deadline reached: skipped reslab run") == 7
     skipped = [line.split("skipped reslab run ")[1].split()[0] for line in proc.stdout.splitlines()
