@@ -32,8 +32,10 @@
 # STEPS, in priority order; from step 4 on, each starts only if the time left before the deadline fits it:
 #   1. data: bench/gpu_data.py assemble (CIFAR-10 and MNIST now, waiting for the background unpacking of call 2;
 #      CIFAR-100 in the background, awaited before step 4). --smoke: tiny generated data (tests/fakedata.py).
-#   2. speed benchmark: bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120;
-#      then bench/batched_seeds.py (separate vs vmapped seeds, timeout 60) when 90 s are left, into bench.txt too.
+#   2. speed benchmark (unless RESLAB_GPU_BENCH=0: a later instalment's lease, whose time goes to the runs):
+#      bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120;
+#      then bench/batched_seeds.py (separate vs vmapped vs grouped seeds, timeout 60) when 90 s are left, into
+#      bench.txt too.
 #   3. ex1.3 seed 0: the 9 models, RESLAB_GPU_JOBS at a time (default 9); always runs (cut at the deadline).
 #   4. ex2.1 seed 0, full protocol, its source ex1.3's rescnn6-seed0 from the same --out: if RESLAB_GPU_EST_EX21
 #      seconds (default 240, a guess: probes on 45k images and two fine-tunings of up to 30 epochs) are left, or
@@ -158,7 +160,9 @@ common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${s
 
 # 2. speed benchmark -------------------------------------------------------------------------------------------
 left=$((deadline - SECONDS))
-if [ "$left" -le 5 ]; then
+if [ "${RESLAB_GPU_BENCH:-1}" = 0 ]; then
+  say "speed benchmark: left out (RESLAB_GPU_BENCH=0)"
+elif [ "$left" -le 5 ]; then
   say "deadline reached: skipped the speed benchmark"; failed=$((failed + 1))
 else
   if [ -f "$root/bench/study_speed.py" ]; then
