@@ -36,6 +36,9 @@
 #      bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120;
 #      then bench/batched_seeds.py (separate vs vmapped vs grouped seeds, timeout 60) when 90 s are left, into
 #      bench.txt too.
+#   2b. CUDA graphs (unless RESLAB_GPU_GRAPHS=0): bench/graphs_check.py trains the MNIST MLP and the residual CNN
+#      (depth 3, width 64) for 3 epochs eager and with --cuda-graphs (timeout 90, into bench.txt); when every
+#      graphed run finished, the lab's runs train with --cuda-graphs, else eagerly.
 #   3. ex1.3 seed 0: the 9 models, RESLAB_GPU_JOBS at a time (default 9); always runs (cut at the deadline).
 #   4. ex2.1 seed 0, full protocol, its source ex1.3's rescnn6-seed0 from the same --out: if RESLAB_GPU_EST_EX21
 #      seconds (default 240, a guess: probes on 45k images and two fine-tunings of up to 30 epochs) are left, or
@@ -182,6 +185,22 @@ else
     size=(); [ "$smoke" = 1 ] && size=(--steps 3 --repeat 1)
     timeout --kill-after=10 60 "$py" "$root/bench/batched_seeds.py" --device "$device" ${size[@]+"${size[@]}"} \
       | tee -a "$out/bench.txt" || { say "batched-seeds benchmark failed or cut (rc ${PIPESTATUS[0]})"; failed=$((failed + 1)); }
+  fi
+fi
+
+# 2b. CUDA graphs: checked here, then used by every run of the lab if they work ----------------------------------
+if [ "${RESLAB_GPU_GRAPHS:-1}" = 0 ]; then
+  say "CUDA graphs: left out (RESLAB_GPU_GRAPHS=0); the runs train eagerly"
+elif [ $((deadline - SECONDS)) -le 60 ]; then
+  say "CUDA graphs: not checked (under 60 s left); the runs train eagerly"
+else
+  say "CUDA graphs check: bench/graphs_check.py"
+  check=(--data-dir "$data" --device "$device"); [ "$smoke" = 1 ] && check=(--data-dir "$data" --smoke)
+  timeout --kill-after=10 90 "$py" "$root/bench/graphs_check.py" "${check[@]}" | tee -a "$out/bench.txt"
+  if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    common+=(--cuda-graphs); say "CUDA graphs work here: the runs train with --cuda-graphs"
+  else
+    say "CUDA graphs check failed or cut: the runs train eagerly"
   fi
 fi
 

@@ -85,6 +85,8 @@ class TrainConfig:
                                   "uses the same number)", HARDWARE, minimum=1, maximum=4096)
     amp: bool = setting(True, "bf16 autocast on CUDA", HARDWARE)
     compile: bool = setting(False, "torch.compile the model", HARDWARE)
+    cuda_graphs: bool = setting(False, "capture the training step as one CUDA graph, replayed for every full batch "
+                                "(CUDA only; not with --compile or torchrun)", HARDWARE)
     deterministic: bool = setting(False, "deterministic GPU kernels (slower)", HARDWARE)
     log_grad_norms: bool = setting(False, "log per-parameter gradient L2 norms (mean over each epoch)", OUTPUT,
                                    result="record")

@@ -39,10 +39,10 @@ def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def autocast_for(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when amp is on; a no-op elsewhere."""
+def autocast_for(device: torch.device, amp: bool, cache: bool = True) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when amp is on (cache: keep the weights' casts within the context); a no-op elsewhere."""
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return nullcontext()
 
 

@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from .checkpoint import checkpoint_dict, commit_best, last_checkpoint, recover_best, save_atomic, stage_best
 from .config import TrainConfig
-from .device import autocast_for, resolve_device, restore_rng
+from .device import resolve_device, restore_rng
 from .early_stopping import EarlyStopping, StopReason
 from .errors import ConfigError
 from .evaluate import Batches, loss_and_accuracy, on_device
+from .step import GraphedStep, TrainStep, graph_backend
 from .tracking import Tracker
 
 # How many batches may pass between host checks for a non-finite loss; each check is a CPU-GPU sync.
@@ -65,12 +66,21 @@ class StopSignals:
         print("\nstopping after this batch (press Ctrl-C again to quit at once)", flush=True)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with the config's learning rate and weight decay; the fused kernel on CPU and CUDA."""
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam with the config's learning rate and weight decay; the fused kernel on CPU and CUDA (capturable: its
+    step count on the device, as a CUDA graph needs)."""
     # Fused updates every parameter in one pass instead of a chain of ops per tensor: fewer kernel launches on
     # CUDA, and measured 15-20% faster MNIST MLP steps on 2 CPU cores.
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            fused=True if device.type in ("cpu", "cuda") else None)
+                            fused=True if device.type in ("cpu", "cuda") else None, capturable=capturable)
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, device: torch.device,
+              grad_params: list | None, graphs: Any = None) -> TrainStep | GraphedStep:
+    """The training step: replayed from a CUDA graph when `graphs` (a step.graph_backend) is given, else eager."""
+    step = TrainStep(model, optimizer, device, config.amp, grad_params, autocast_cache=graphs is None)
+    return step if graphs is None else GraphedStep(step, graphs)
 
 
 def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainConfig | None = None, *,
@@ -102,7 +112,9 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
         raise ConfigError(f"no training batches: the training split is empty"
                           f"{f' for {distributed.world_size} rank(s)' if distributed is not None else ''}")
     model.to(device)
-    optimizer = make_optimizer(model, config, device)
+    # One captured graph per run replaces a launch per operation; it cannot hold DDP's collectives or a compiled model.
+    graphs = graph_backend(device) if config.cuda_graphs and distributed is None and not config.compile else None
+    optimizer = make_optimizer(model, config, device, capturable=graphs is not None and device.type == "cuda")
     stopper = EarlyStopping.from_config(config)
     history = History()
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -127,13 +139,15 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
     if config.compile:
         step_model = torch.compile(step_model)
     grad_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    step = make_step(step_model, optimizer, config, device, grad_params if config.log_grad_norms else None, graphs)
     stopped_by = StopReason.MAX_EPOCHS
 
     with StopSignals() as signals:
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             result = train_epoch(step_model, train, optimizer, config, device, signals=signals,
-                                 grad_params=grad_params if config.log_grad_norms else None, distributed=distributed)
+                                 grad_params=grad_params if config.log_grad_norms else None, distributed=distributed,
+                                 step=step)
             if result.get("nan_batch") is not None:
                 history.nan_at = f"epoch {epoch}, batch {result['nan_batch']}"
                 stopped_by = StopReason.NAN
@@ -178,29 +192,26 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
 
 def train_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, config: TrainConfig,
                 device: torch.device, *, signals: StopSignals | None = None, grad_params: list | None = None,
-                distributed: Any = None) -> dict[str, Any]:
-    """One pass over the training batches; per-batch results stay on the device and are read once at the end."""
+                distributed: Any = None, step: TrainStep | GraphedStep | None = None) -> dict[str, Any]:
+    """One pass over the training batches; per-batch results stay on the device and are read once at the end.
+
+    `step` is train_model's, kept across epochs (a captured graph lives in it); without one, an eager step of
+    `model` and `optimizer` is made for this epoch."""
     model.train()
+    if step is None:
+        step = make_step(model, optimizer, config, device, grad_params)
+    step.take_grad_sums()   # start from zero (an epoch cut short leaves a partial sum behind)
     # Per-batch results are kept as device tensors and combined once at the end of the epoch: one small op per
     # batch (the argmax), no host sync. Batch sizes are known on the host without one.
     losses: list[torch.Tensor] = []
     predictions: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     sizes: list[int] = []
-    grad_sums = torch.zeros(len(grad_params), device=device) if grad_params else None
-    criterion = nn.CrossEntropyLoss()
     # Under DDP every rank must run the same number of steps, so mid-epoch stops wait for the epoch's end.
     stop_mid_epoch = distributed is None
     for i, (x, y) in enumerate(_progress(on_device(batches, device), batches)):
-        with autocast_for(device, config.amp):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_sums is not None and grad_params:
-            grad_sums += torch.stack(torch._foreach_norm([p.grad for _, p in grad_params]))
-        optimizer.step()
-        losses.append(loss.detach())
+        loss, logits = step(x, y)
+        losses.append(loss)
         predictions.append(logits.argmax(1))
         targets.append(y)
         sizes.append(len(y))
@@ -227,6 +238,7 @@ def train_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optim
     if bad_total > 0:
         return {"nan_batch": int(first) + 1 if first >= 0 else 1}
     result: dict[str, Any] = {"loss": loss_total / count, "accuracy": correct_total / count}
+    grad_sums = step.take_grad_sums()
     if grad_sums is not None and grad_params:
         norms = (grad_sums / len(sizes)).tolist()
         result["grad_norms"] = {f"grad_2.0_norm/{n}": v for (n, _), v in zip(grad_params, norms)}

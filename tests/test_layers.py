@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "reslab"
 LAYERS = [
     ["errors", "version", "early_stopping", "tracking", "plots", "distributed"],
     ["checks", "download", "runfolder", "device", "jobs"],
-    ["config", "datasets", "models", "evaluate"],
+    ["config", "datasets", "models", "evaluate", "step"],
     ["loader", "checkpoint", "experiments"],
     ["train", "analysis"],
     ["run"],
