@@ -49,7 +49,9 @@ class TrainStep:
 
 
 class CudaGraphs:
-    """Warm-up and capture on CUDA, as torch.cuda.graph's documentation asks: warm-up steps on a side stream."""
+    """Warm-up and capture on CUDA, as torch.cuda.graph's documentation asks: warm-up steps on a side stream,
+    the same one the capture then records on (library handles are cached per stream: created by the warm-up,
+    none is created mid-capture)."""
 
     def __init__(self) -> None:
         self.stream = torch.cuda.Stream()
@@ -64,7 +66,7 @@ class CudaGraphs:
     def capture(self, fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
         """Record fn's kernels (none runs); return the replay and fn's outputs, which every replay rewrites."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self.stream):
             outputs = fn()
         return graph.replay, outputs
 
