@@ -53,15 +53,16 @@ class CudaGraphs:
     the same one the capture then records on (library handles are cached per stream: created by the warm-up,
     none is created mid-capture)."""
 
-    def __init__(self) -> None:
-        self.stream = torch.cuda.Stream()
+    def __init__(self, device: torch.device) -> None:
+        self.device = device   # cuda:N: the stream, and the stream it waits for, are that device's
+        self.stream = torch.cuda.Stream(device=device)
 
     @contextmanager
     def warmup(self) -> Iterator[None]:
-        self.stream.wait_stream(torch.cuda.current_stream())
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
             yield
-        torch.cuda.current_stream().wait_stream(self.stream)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def capture(self, fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
         """Record fn's kernels (none runs); return the replay and fn's outputs, which every replay rewrites."""
@@ -73,7 +74,7 @@ class CudaGraphs:
 
 def graph_backend(device: torch.device) -> CudaGraphs | None:
     """How to capture the step on this device: CUDA graphs on CUDA, nothing elsewhere."""
-    return CudaGraphs() if device.type == "cuda" else None
+    return CudaGraphs(device) if device.type == "cuda" else None
 
 
 class GraphedStep:
