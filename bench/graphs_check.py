@@ -4,7 +4,8 @@
 For the MNIST MLP and the CIFAR-10 residual CNN (depth 3, width 64: the speed targets' models), trains the same
 run twice in this process, eager and with --cuda-graphs, same seed and fixed epochs (no early stopping), and
 prints seconds per epoch (the median of the epochs after the first, which holds the warm-up and the capture),
-their ratio, and both runs' test accuracy. Exit status 0 when every graphed run finished with a finite loss:
+their ratio, and both runs' test accuracy. Exit status 0 when every graphed run finished with a finite loss and
+replayed its graph (summary.json's cuda_graph):
 bench/gpu_lab.sh then trains the lab's runs with --cuda-graphs; 1 otherwise (they train eagerly).
 
     python bench/graphs_check.py --data-dir DATA --device cuda     # on the GPU (bench/gpu_lab.sh runs it)
@@ -42,7 +43,9 @@ def one_run(out: Path, name: str, graphs: bool, args: argparse.Namespace) -> dic
     summary = run_training(config, console=False)
     epochs = [m["seconds"] for m in read_jsonl(out / config.name / "metrics.jsonl") if "seconds" in m]
     later = epochs[1:] or epochs
-    return {"ok": summary["stopped_by"] == "max_epochs" and math.isfinite(summary["test_loss"]),
+    # On a GPU a graphed run must really have replayed a graph (summary.json's cuda_graph); on the CPU none is.
+    replayed = summary.get("cuda_graph", False) == (graphs and args.device.startswith("cuda"))
+    return {"ok": summary["stopped_by"] == "max_epochs" and math.isfinite(summary["test_loss"]) and replayed,
             "s_epoch": statistics.median(later), "first": epochs[0], "acc": 100 * summary["test_accuracy"],
             "wall": time.perf_counter() - start}
 
@@ -75,7 +78,11 @@ def main() -> int:
             print(f"  {name:8s} {eager['s_epoch']:14.3f} {graphed['s_epoch']:15.3f} "
                   f"{eager['s_epoch'] / graphed['s_epoch']:12.2f}x {eager['first']:11.2f} / {graphed['first']:<11.2f} "
                   f"{eager['acc']:10.2f} / {graphed['acc']:<10.2f}" + ("" if graphed["ok"] else "  NOT FINISHED"))
-    print(f"CUDA graphs: {'usable' if ok else 'not usable'} here")
+    if not args.device.startswith("cuda"):
+        print(f"CUDA graphs: none on {args.device}; every run trained eagerly, as it should" + ("" if ok else
+              ", but a run failed"))
+    else:
+        print(f"CUDA graphs: {'usable' if ok else 'not usable'} here")
     return 0 if ok else 1
 
 

@@ -49,7 +49,7 @@ def training_summary(history: History, test: dict[str, Any], data: Dataset, devi
                "test_recall": test["recall"], "test_f1": test["f1"], "data_official": data.official,
                "data_provenance": data.provenance, "device": str(device), "hardware": facts["hardware"],
                "num_parameters": facts["num_parameters"], "world_size": facts["world_size"],
-               "test_per_class_precision": test["per_class_precision"],
+               "cuda_graph": history.cuda_graph, "test_per_class_precision": test["per_class_precision"],
                "test_per_class_recall": test["per_class_recall"], "test_confusion_matrix": test["confusion_matrix"]}
     if history.nan_at:
         summary["nan_at"] = history.nan_at

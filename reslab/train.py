@@ -38,6 +38,7 @@ class History:
     best_val_loss: float = math.inf
     train_seconds: float = 0.0
     nan_at: str | None = None        # "epoch E, batch B" when a non-finite loss stopped training
+    cuda_graph: bool = False         # whether full batches were replayed from a captured CUDA graph
 
 
 class StopSignals:
@@ -186,6 +187,7 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
                 break
     history.stopped_by = stopped_by
     history.best_val_loss = stopper.best_val_loss
+    history.cuda_graph = isinstance(step, GraphedStep) and step.captures > 0
     model.load_state_dict(best_state)
     return history
 

@@ -56,26 +56,28 @@ def train(cuda_graphs: bool, log_grad_norms: bool = True):
                          stagnation_stop=False, overfit_stop=False)
     history = train_model(model, *loaders(), config, device="cpu")
     records = [{k: v for k, v in r.items() if k != "seconds"} for r in history.epochs]
-    return records, model.state_dict()
+    return records, model.state_dict(), history.cuda_graph
 
 
 @pytest.mark.parametrize("log_grad_norms", [True, False])
 def test_a_graphed_step_trains_as_the_eager_one_bit_for_bit(monkeypatch, log_grad_norms):
-    eager_records, eager_state = train(cuda_graphs=False, log_grad_norms=log_grad_norms)
+    eager_records, eager_state, _ = train(cuda_graphs=False, log_grad_norms=log_grad_norms)
     graphs = EagerGraphs()
     monkeypatch.setattr(reslab.train, "graph_backend", lambda device: graphs)
-    records, state = train(cuda_graphs=True, log_grad_norms=log_grad_norms)
+    records, state, graphed = train(cuda_graphs=True, log_grad_norms=log_grad_norms)
     assert records == eager_records
     assert all(torch.equal(state[k], eager_state[k]) for k in eager_state)
     assert any("grad_2.0_norm/net.1.weight" in r for r in records) == log_grad_norms
     # Captured once for the run: 3 warm-up steps, the capture on the 4th batch; the short batches run eagerly.
     assert (graphs.warmups, graphs.captures) == (step_module.WARMUP_STEPS, 1)
     assert graphs.replays == 3 * 11 - step_module.WARMUP_STEPS
+    assert graphed                                             # summary.json's cuda_graph
 
 
 def test_cuda_graphs_leave_the_cpu_eager():
     assert step_module.graph_backend(torch.device("cpu")) is None
-    assert train(cuda_graphs=True)[0] == train(cuda_graphs=False)[0]
+    records, _, graphed = train(cuda_graphs=True)
+    assert records == train(cuda_graphs=False)[0] and not graphed
 
 
 def test_a_graphed_step_runs_eagerly_until_it_has_warmed_up():
