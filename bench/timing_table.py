@@ -4,7 +4,8 @@
     python bench/timing_table.py runs/           # every <experiment>/<run>/ below the folder, all seeds
 
 One row per run folder (a folder holding summary.json, config.yaml or metrics.jsonl), in the order experiment, run
-name, seed: trained runs with their epochs, seconds per epoch and in all; transfer probes (svm, knn, logreg) with
+name, seed (the device column adds "(CUDA graph)" for a run whose steps were replayed from a captured graph):
+trained runs with their epochs, seconds per epoch and in all; transfer probes (svm, knn, logreg) with
 their fitting seconds (the feature extraction beside) and no epochs; runs that never wrote summary.json (killed,
 or still running) as "unfinished" with the epochs metrics.jsonl holds. The data column is the run's
 `data_provenance` (summary.json, else config.yaml): whether the files were the official release, and how they
@@ -70,6 +71,8 @@ def timing_row(run: Path) -> str:
         provenance = {True: "official", "true": "official", False: "not official", "false": "not official"}.get(
             official, "?")
     hardware = s.get("hardware") or _config_value(run, "hardware") or "?"
+    if s.get("cuda_graph"):
+        hardware += " (CUDA graph)"   # full batches replayed from a captured graph (--cuda-graphs)
     accuracy = f"{100 * s['test_accuracy']:.2f}" if isinstance(s.get("test_accuracy"), (int, float)) else "–"
     if not s:   # killed before its summary, or still running: what metrics.jsonl logged
         epochs = _epochs_logged(run)

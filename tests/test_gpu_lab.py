@@ -113,7 +113,7 @@ def test_timing_table_covers_every_run_folder(tmp_path):
     trained = {"epochs_run": 4, "train_seconds": 10.0, "test_accuracy": 0.8512, "stopped_by": "overfitting",
                "hardware": "GPU X", "data_provenance": "CIFAR-10: 59889/60000 images exact"}
     for seed in (10, 2, 0):
-        run(f"ex1.3/rescnn6-seed{seed}", trained)
+        run(f"ex1.3/rescnn6-seed{seed}", {**trained, "cuda_graph": seed == 2})
     run("ex2.1/svm-seed0", {"method": "svm", "train_seconds": 3.0, "extract_seconds": 1.5, "test_accuracy": 0.25,
                             "hardware": "GPU X", "data_provenance": "official release (md5 verified)"})
     run("ex1.3-deep/rescnn27-seed0", config="hardware: GPU X\ndata_provenance: official release\n",
@@ -123,6 +123,7 @@ def test_timing_table_covers_every_run_folder(tmp_path):
         "rescnn6-seed0", "rescnn6-seed2", "rescnn6-seed10", "rescnn27-seed0", "svm-seed0"]
     assert rows[0] == "| ex1.3 | rescnn6-seed0 | GPU X | 4 | 2.50 | 10.0 | 85.12 | overfitting | " \
                       "CIFAR-10: 59889/60000 images exact |"
+    assert rows[1].startswith("| ex1.3 | rescnn6-seed2 | GPU X (CUDA graph) | 4 |")
     assert rows[3] == "| ex1.3-deep | rescnn27-seed0 | GPU X | 2 | 2.50 | 5.0 | – | unfinished (no summary.json) | " \
                       "official release |"
     assert rows[4] == "| ex2.1 | svm-seed0 | GPU X | – | – | 3.0 | 25.00 | svm probe: fit (features 1.5 s) | " \
