@@ -49,9 +49,10 @@
 #      alone if 1.2x is, else none (ex2.1's seeds only where its seed 0 ran). --smoke: seed 1 alone.
 #   7. ex1.3-deep seed 0 (6 runs): if RESLAB_GPU_EST_DEEP seconds are left (default: ex1.3 seed 0's wall).
 # IN INSTALMENTS: one lease is unlikely to hold all three seeds of the lab (an estimate; see the README).
-# RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished runs in first (bench/earlier_runs.py: runs cut short,
-# and a rescnn6 whose ex2.1 seed has not finished, are trained again); every step then reuses what is there and
-# trains what is missing, and this lease's runs.tar.gz holds them all.
+# RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished
+# runs in first (bench/earlier_runs.py: runs cut short, and a rescnn6 whose ex2.1 seed has not finished, are
+# trained again); every step then reuses what is there and trains what is missing, and this lease's runs.tar.gz
+# holds them all.
 # A step left out for lack of time is noted, not counted as a failure. Training stops by RESLAB_GPU_DEADLINE
 # seconds after the start (default 540; runs cut there stop politely and say "interrupted", and are resumable);
 # a step that would start after it is skipped and counted as failed. --smoke runs every step whatever the estimates.
