@@ -15,34 +15,34 @@ Prints one line per experiment. Exit status 1 with a one-line error when SOURCE 
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-# A run whose weights a later step loads, and the run of that step which, once finished, no longer needs them.
-NEEDS_WEIGHTS = {("ex1.3", "rescnn6-seed{seed}"): ("ex2.1", "finetune-seed{seed}")}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reslab.errors import ReslabError  # noqa: E402
+from reslab.run import is_finished  # noqa: E402
+
+# A run whose weights a later step loads (experiment, label) -> the later step's run (experiment, label) of the same
+# seed, which, once finished, no longer needs them. Run folders are named <label>-seed<k>.
+NEEDS_WEIGHTS = {("ex1.3", "rescnn6"): ("ex2.1", "finetune")}
 
 
 def finished(run: Path) -> bool:
-    """Whether a run folder holds a result that was not cut short."""
+    """Whether a run folder holds a result that was not cut short, by reslab's own rule; a damaged one is not."""
     try:
-        summary = json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
+        return is_finished(run)
+    except ReslabError:
         return False
-    # reslab's own rule (reslab.run.finished_summary): a probe's summary has no stopped_by, and is finished.
-    return isinstance(summary, dict) and summary.get("stopped_by") != "interrupted" and (run / "config.yaml").is_file()
 
 
 def still_needed(root: Path, experiment: str, run: str) -> bool:
     """Whether a later step still needs this run's weights (which did not travel)."""
-    for (source_exp, source_pattern), (user_exp, user_pattern) in NEEDS_WEIGHTS.items():
-        prefix, _, _ = source_pattern.partition("{seed}")
-        if experiment == source_exp and run.startswith(prefix) and run[len(prefix):].isdigit():
-            return not finished(root / user_exp / user_pattern.format(seed=run[len(prefix):]))
-    return False
+    label, _, seed = run.rpartition("-seed")
+    user = NEEDS_WEIGHTS.get((experiment, label))
+    return user is not None and not finished(root / user[0] / f"{user[1]}-seed{seed}")
 
 
 def take_in(root: Path, runs: Path) -> list[str]:

@@ -95,26 +95,37 @@ def split_pack(src: Path, parts_dir: Path, part_sizes: list[int]) -> dict[str, A
             "parts": parts}
 
 
-def fill_calls(items: list[tuple[str, int, bool]], room: int, part_max: int) -> dict[str, list[int]]:
-    """Part sizes for the divisible items (name, bytes, divisible), in travel order, cut so that each call is filled
-    to `room` bytes of data before the next begins: the fewest calls. make_plan then finds these same calls."""
-    parts: dict[str, list[int]] = {name: [] for name, _, divisible in items if divisible}
-    free, paths = room, 2           # every call also carries manifest.json and cifarpack.py (counted in room)
+def fill_calls(items: list[tuple[str, int, bool]], room: int,
+               part_max: int | None = None) -> list[list[tuple[str, int]]]:
+    """The device calls for items (name, bytes, divisible) in travel order, each a list of (name, bytes) pieces:
+    every call is filled to `room` bytes of data (and 8 carry paths, 2 of them manifest.json and cifarpack.py)
+    before the next begins, a divisible item cut at the call's end (pieces of at most part_max), an indivisible
+    one moved whole to the next call. The fewest calls; stage cuts the packs by it, make_plan finds the calls."""
+    if part_max is not None and part_max < 1:
+        raise Refused(f"parts of {part_max} bytes: --part-mib must be above 0")
+    calls: list[list[tuple[str, int]]] = [[]]
+    free = room
     for name, size, divisible in items:
         while size > 0:
-            whole = size if not divisible else 1
-            if free < whole or paths >= 8:
-                free, paths = room, 2
-                if whole > free:
+            need = 1 if divisible else size
+            if free < need or len(calls[-1]) >= 6:
+                calls.append([])
+                free = room
+                if need > free:
                     raise Refused(f"{name} ({mib(size)}) does not fit one call ({mib(room)} of data beside the "
-                                  f"working tree)")
-            piece = size if not divisible else min(size, free, part_max)
-            if divisible:
-                parts[name].append(piece)
+                                  "working tree): stage again with a smaller --part-mib")
+            piece = min(size, free, part_max or size) if divisible else size
+            calls[-1].append((name, piece))
             free -= piece
-            paths += 1
             size -= piece
-    return parts
+    return [call for call in calls if call]
+
+
+def cut_parts(items: list[tuple[str, int, bool]], room: int, part_max: int | None) -> dict[str, list[int]]:
+    """Each divisible item's part sizes, cut where fill_calls ends a call."""
+    calls = fill_calls(items, room, part_max)
+    return {name: [piece for call in calls for n, piece in call if n == name]
+            for name, _, divisible in items if divisible}
 
 
 def tree_bytes(repo: Path) -> int:
@@ -149,17 +160,10 @@ def make_plan(manifest: dict[str, Any], stage_rel: str, tree: int, margin_mib: f
         for i, part in enumerate(pack["parts"]):
             items.append((f"{stage_rel}/{part['path']}", part["size"],
                           pack["name"] if i == len(pack["parts"]) - 1 else None))
-    calls: list[dict[str, Any]] = []
-    for path, size, completes in items:
-        if small_bytes + size > room:
-            raise Refused(f"{path} ({mib(size)}) does not fit one call ({mib(room)} left beside the working tree "
-                          f"of {mib(tree)}): stage again with a smaller --part-mib")
-        if not calls or calls[-1]["data_bytes"] + size > room or len(calls[-1]["carry"]) >= 8:
-            calls.append({"carry": list(small), "data_bytes": small_bytes, "completes": []})
-        calls[-1]["carry"].append(path)
-        calls[-1]["data_bytes"] += size
-        if completes:
-            calls[-1]["completes"].append(completes)
+    ends = {path: completes for path, _, completes in items if completes}
+    calls = [{"carry": small + [path for path, _ in pieces], "data_bytes": small_bytes + sum(n for _, n in pieces),
+              "completes": [ends[path] for path, _ in pieces if path in ends]}
+             for pieces in fill_calls([(path, size, False) for path, size, _ in items], room - small_bytes)]
     for n, call in enumerate(calls, 1):
         call["call"] = n
         call["total_bytes"] = call["data_bytes"] + tree
@@ -201,20 +205,21 @@ def plan_text(plan: dict[str, Any]) -> str:
 def stage(out: Path, shared: Path, part_mib: float | None, margin_mib: float,
           call_mib: float | None) -> dict[str, Any]:
     start = time.perf_counter()
-    part_max = int(part_mib * MIB) if part_mib else CALL_LIMIT_MIB * MIB
+    part_max = int(part_mib * MIB) if part_mib is not None else None
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "parts", ignore_errors=True)   # parts of an earlier staging would travel for nothing
     (out / "parts").mkdir()
     sources = {name: shared / "cifar-lossless" / f"{name}.npz" for name in PACKS}
-    for src in sources.values():
+    mnist_files = [shared / "MNIST" / "raw" / name for name in MNIST_FILES]
+    for src in [*sources.values(), shared / "cifar-lossless" / "cifarpack.py", *mnist_files]:
         if not src.is_file():
-            raise Refused(f"no {src}")
+            raise Refused(f"no {src} (--shared names the folder holding cifar-lossless/ and MNIST/raw/)")
     tree = tree_bytes(ROOT)
     small_bytes = MANIFEST_BYTES + (shared / "cifar-lossless" / "cifarpack.py").stat().st_size
-    mnist_bytes = sum((shared / "MNIST" / "raw" / name).stat().st_size for name in MNIST_FILES)
+    mnist_bytes = sum(path.stat().st_size for path in mnist_files)
     items = [(name, mnist_bytes, False) if name == "mnist" else (name, sources[name].stat().st_size, True)
              for name in TRAVEL]
-    cuts = fill_calls(items, call_room(tree, margin_mib, call_mib) - small_bytes, part_max)
+    cuts = cut_parts(items, call_room(tree, margin_mib, call_mib) - small_bytes, part_max)
     packs = []
     for name in PACKS:
         packs.append(split_pack(sources[name], out / "parts", cuts[name]))

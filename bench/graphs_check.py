@@ -6,7 +6,8 @@ run twice in this process, eager and with --cuda-graphs, same seed and fixed epo
 prints seconds per epoch (the median of the epochs after the first, which holds the warm-up and the capture),
 their ratio, and both runs' test accuracy. Exit status 0 when every graphed run finished with a finite loss and
 replayed its graph (summary.json's cuda_graph):
-bench/gpu_lab.sh then trains the lab's runs with --cuda-graphs; 1 otherwise (they train eagerly).
+bench/gpu_lab.sh then trains the lab's runs with --cuda-graphs; 1 otherwise (they train eagerly); 2 with a one-line
+error for a mistake in what it was given (a missing dataset, a bad --data-dir or --device).
 
     python bench/graphs_check.py --data-dir DATA --device cuda     # on the GPU (bench/gpu_lab.sh runs it)
     python bench/graphs_check.py --data-dir DATA --smoke            # seconds on the CPU: graphs are ignored there
@@ -24,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reslab.config import TrainConfig  # noqa: E402
+from reslab.errors import ReslabError  # noqa: E402
 from reslab.run import run_training  # noqa: E402
 from reslab.runfolder import read_jsonl  # noqa: E402
 
@@ -69,7 +71,10 @@ def main() -> int:
             try:
                 eager = one_run(Path(tmp), name, False, args)
                 graphed = one_run(Path(tmp), name, True, args)
-            except Exception:   # any failure means: train eagerly; the traceback says why
+            except ReslabError as exc:   # a missing dataset, a bad --data-dir or --device: one line, as reslab says it
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except Exception:   # any other failure means: train eagerly; the traceback says why
                 traceback.print_exc()
                 print(f"  {name:8s} failed: the lab trains eagerly")
                 ok = False

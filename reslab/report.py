@@ -213,14 +213,17 @@ def _depth_finding(runs: list[dict[str, Any]], pairs: list[list[str]], profile: 
     if not pairs:
         return []
     a, b = pairs[0]
-    depths = {r["summary"].get("model_args", {}).get("depth") for r in runs if r["summary"]["model"] == a} & \
-        {r["summary"].get("model_args", {}).get("depth") for r in runs if r["summary"]["model"] == b}
+
+    def depth(summary: dict[str, Any]) -> Any:
+        return summary.get("model_args", {}).get("depth")
+    depths = {depth(r["summary"]) for r in runs if r["summary"]["model"] == a} & \
+        {depth(r["summary"]) for r in runs if r["summary"]["model"] == b}
     depths.discard(None)
     if not depths:
         return []
     deepest = max(depths)
-    found_a = _mean_accuracy(runs, lambda s: s["model"] == a and s.get("model_args", {}).get("depth") == deepest)
-    found_b = _mean_accuracy(runs, lambda s: s["model"] == b and s.get("model_args", {}).get("depth") == deepest)
+    found_a = _mean_accuracy(runs, lambda s: s["model"] == a and depth(s) == deepest)
+    found_b = _mean_accuracy(runs, lambda s: s["model"] == b and depth(s) == deepest)
     if found_a is None or found_b is None:
         return []
     (mean_a, n), (mean_b, _) = found_a, found_b

@@ -102,6 +102,11 @@ def finished_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if summary.get("stopped_by") != StopReason.INTERRUPTED else None
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether a run folder holds a result that was not cut short: its settings and an uninterrupted summary."""
+    return (run_dir / "config.yaml").is_file() and finished_summary(run_dir) is not None
+
+
 def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                  tracker: Tracker | None = None, console: bool = True) -> dict[str, Any]:
     """Train and test one model as `config` says, writing the run folder; return the summary.

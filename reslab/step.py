@@ -53,6 +53,8 @@ class CudaGraphs:
     the same one the capture then records on (library handles are cached per stream: created by the warm-up,
     none is created mid-capture)."""
 
+    capturable = True   # the optimizer's step count must live on the device, where the replayed graph updates it
+
     def __init__(self, device: torch.device) -> None:
         self.device = device   # cuda:N: the stream, and the stream it waits for, are that device's
         self.stream = torch.cuda.Stream(device=device)

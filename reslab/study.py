@@ -18,7 +18,7 @@ from .experiments import experiment_path, load_experiment, source_config, target
 from .jobs import run_parallel
 from .models import model_arguments
 from .report import write_report
-from .run import finished_summary, run_training
+from .run import is_finished, run_training
 from .runfolder import FolderLock, check_experiment_dir, copy_run, read_json, write_json_atomic, write_yaml
 
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
@@ -39,11 +39,6 @@ def _started(run_dir: Path) -> bool:
         (run_dir / "summary.json").is_file() or (run_dir / "last.pth").is_file())
 
 
-def _finished(run_dir: Path) -> bool:
-    """Whether a run folder holds a result that was not cut short."""
-    return (run_dir / "config.yaml").is_file() and finished_summary(run_dir) is not None
-
-
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """The settings whose saved value is not the wanted one."""
     return [key for key, value in wanted.items() if saved.get(key) != value]
@@ -52,7 +47,9 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 def check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
     """Refuse to reuse a run folder whose saved settings differ from the wanted ones."""
     saved = load_yaml(run_dir / "config.yaml")
-    for key in _differences(saved, wanted)[:1]:
+    differ = _differences(saved, wanted)
+    if differ:
+        key = differ[0]
         raise ReslabError(f"{run_dir} holds a run with {key}={saved.get(key)!r}, this one wants {wanted[key]!r}; "
                           "use --overwrite to replace it or --out for another folder")
 
@@ -71,7 +68,7 @@ def find_twin(config: TrainConfig) -> tuple[Path, dict[str, Any]] | None:
         if other.parent == run_dir.parent:
             continue
         try:
-            if not _finished(other):
+            if not is_finished(other):
                 continue
             saved = load_yaml(other / "config.yaml")
         except ReslabError:   # another experiment's damaged run is no twin; its own command reports it
@@ -87,7 +84,7 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
     run_dir = config.run_dir
     if not overwrite and _started(run_dir):
         check_same_settings(run_dir, result_settings(config))
-        if _finished(run_dir):
+        if is_finished(run_dir):
             say(f"reusing finished run {run_dir}")
             return read_json(run_dir / "summary.json")
         say(f"resuming {run_dir}")
@@ -252,7 +249,7 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
         src = source_config(experiment, seed, overrides, folder)
         if src is None:
             checkpoint = Path(experiment["source"]["checkpoint"])
-        elif "experiment" in experiment["source"] and _finished(src.run_dir):
+        elif "experiment" in experiment["source"] and is_finished(src.run_dir):
             # Another experiment's network is reused as it was trained there, whatever its settings.
             say(f"-- {experiment['name']}: reusing source {src.run_dir}")
             checkpoint = src.run_dir / "best_model.pth"
@@ -265,7 +262,7 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
         todo = []
         for method in settings.methods:
             run_dir = folder / f"{method}-seed{seed}"
-            if not overwrite and _finished(run_dir):
+            if not overwrite and is_finished(run_dir):
                 check_same_settings(run_dir, transfer.run_settings(method, target, settings, checkpoint))
                 say(f"reusing finished run {run_dir}")
             else:

@@ -115,7 +115,7 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
     model.to(device)
     # One captured graph per run replaces a launch per operation; it cannot hold DDP's collectives or a compiled model.
     graphs = graph_backend(device) if config.cuda_graphs and distributed is None and not config.compile else None
-    optimizer = make_optimizer(model, config, device, capturable=graphs is not None and device.type == "cuda")
+    optimizer = make_optimizer(model, config, device, capturable=graphs is not None and graphs.capturable)
     stopper = EarlyStopping.from_config(config)
     history = History()
     run_dir = Path(run_dir) if run_dir is not None else None

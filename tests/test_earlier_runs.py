@@ -14,6 +14,12 @@ earlier_runs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(earlier_runs)
 
 
+# The fields reslab requires of every summary.json (reslab.runfolder.FIELDS), plus a trained run's or a probe's.
+COMMON = {"model": "mlp", "model_args": {}, "dataset": "mnist", "seed": 0, "test_accuracy": 0.9,
+          "test_precision": 0.9, "train_seconds": 1.0}
+TRAINED = {"epochs_run": 3, "best_epoch": 2, "test_loss": 0.3}
+
+
 def make_run(root: Path, path: str, summary: dict | None) -> Path:
     run = root / path
     run.mkdir(parents=True)
@@ -21,7 +27,8 @@ def make_run(root: Path, path: str, summary: dict | None) -> Path:
     (run / "metrics.jsonl").write_text("{}\n")
     (run / ".reslab.lock").write_text("")
     if summary is not None:
-        (run / "summary.json").write_text(json.dumps(summary))
+        fields = {**COMMON, **({} if "method" in summary else TRAINED), **summary}
+        (run / "summary.json").write_text(json.dumps(fields))
         (run / "best_model.pth").write_bytes(b"weights")     # as a run folder holds them here
     return run
 
@@ -42,7 +49,8 @@ def lease_one(tmp_path: Path) -> Path:
     make_run(earlier, "ex1.3/rescnn6-seed0", done)
     make_run(earlier, "ex1.3/rescnn6-seed1", done)                      # its ex2.1 seed did not finish
     make_run(earlier, "ex1.3/cnn2-seed0", done)
-    make_run(earlier, "ex2.1/svm-seed0", {"method": "svm", "test_accuracy": 0.2})   # a probe: no stopped_by
+    make_run(earlier, "ex2.1/svm-seed0", {"method": "svm", "source_dataset": "cifar10"})   # a probe: no stopped_by
+    make_run(earlier, "ex1/mlp-seed3", {"stopped_by": "stagnation", "seed": "three"})   # damaged: trained again
     make_run(earlier, "ex2.1/finetune-seed0", done)
     make_run(earlier, "ex2.1/finetune-seed1", {"stopped_by": "interrupted"})
     (earlier / "ex1" / "report.md").write_text("# report\n")            # experiment files are written anew
@@ -55,7 +63,7 @@ def test_finished_runs_are_taken_in_and_the_rest_trained_again(tmp_path, capsys)
     tarball = pack(lease_one(tmp_path), tmp_path / "runs.tar.gz")
     assert earlier_runs.main([str(tarball), str(runs)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "ex1: 1 run(s) taken in; cut short, trained again: mlp-seed1, mlp-seed2",
+        "ex1: 1 run(s) taken in; cut short, trained again: mlp-seed1, mlp-seed2, mlp-seed3",
         "ex1.3: 1 run(s) taken in; weights needed later, trained again: rescnn6-seed1; this lease's kept: cnn2-seed0",
         "ex2.1: 2 run(s) taken in; cut short, trained again: finetune-seed1"]
     taken = sorted(str(p.parent.relative_to(runs)) for p in runs.glob("*/*/summary.json"))

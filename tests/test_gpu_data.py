@@ -94,6 +94,20 @@ def test_stage_splits_the_packs_and_writes_the_manifest(staged, shared):
     assert json.dumps([f"{stage}/manifest.json", f"{stage}/cifarpack.py"])[:-1] in printed
 
 
+def test_stage_refuses_bad_sizes_and_missing_files_in_one_line(shared, tmp_path, capsys):
+    stage = ["stage", "--out", str(tmp_path / "stage"), "--shared", str(shared)]
+
+    def refused(args: list[str], message: str) -> None:
+        assert gpu_data.main(stage + args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    refused(["--part-mib", "0"], "--part-mib must be above 0")
+    refused(["--part-mib", "-2"], "--part-mib must be above 0")
+    missing = shared / "MNIST" / "raw" / gpu_data.MNIST_FILES[0]
+    missing.unlink()
+    refused([], f"no {missing} (--shared names the folder holding cifar-lossless/ and MNIST/raw/)")
+
+
 def test_assemble_in_two_steps_then_skips_what_is_done(staged, tmp_path, capsys):
     stage, _ = staged
     device, data = tmp_path / "device", tmp_path / "data"
@@ -195,7 +209,7 @@ def staged_manifest(pack_mib: dict[str, float], mnist_mib: float, tree: int) -> 
     small = 8192 + 7238
     items = [(name, int(mnist_mib * MIB), False) if name == "mnist" else (name, int(pack_mib[name] * MIB), True)
              for name in gpu_data.TRAVEL]
-    cuts = gpu_data.fill_calls(items, gpu_data.call_room(tree, 4, None) - small, 64 * MIB)
+    cuts = gpu_data.cut_parts(items, gpu_data.call_room(tree, 4, None) - small, None)
     return fake_manifest({name: [size / MIB for size in cuts[name]] for name in gpu_data.PACKS}, mnist_mib)
 
 

@@ -76,7 +76,9 @@ def test_gpu_lab_past_its_deadline_skips_training_and_still_returns_the_log(tmp_
     earlier = tmp_path / "earlier" / "ex1" / "mlp-seed0"   # an earlier lease's finished run (bench/earlier_runs.py)
     earlier.mkdir(parents=True)
     (earlier / "config.yaml").write_text("seed: 0\n")
-    (earlier / "summary.json").write_text('{"stopped_by": "stagnation"}')
+    (earlier / "summary.json").write_text(json.dumps({
+        "model": "mlp", "model_args": {}, "dataset": "mnist", "seed": 0, "test_accuracy": 0.9, "test_precision": 0.9,
+        "train_seconds": 1.0, "epochs_run": 3, "best_epoch": 2, "stopped_by": "stagnation", "test_loss": 0.3}))
     env = {**os.environ, "PYTHON": sys.executable, "RESLAB_GPU_DEADLINE": "0",
            "RESLAB_GPU_EARLIER": str(tmp_path / "earlier"), "RESLAB_GPU_WORK": str(tmp_path / "work")}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_lab.sh"), str(out), "--smoke"], cwd=ROOT, env=env,
