@@ -14,6 +14,9 @@ gives the median over rounds with min..max, in milliseconds per epoch (per call 
   checkpoint best_model.pth    deepcopy of the state dict + save_atomic, as on an improving epoch
   trackers                     console line + metrics.jsonl (open, append, fsync)
   train_model, 1 epoch         the whole (a) epoch of epoch_speed, through train_model
+  matmuls/convs alone          the step's matrix products and convolutions (forward and backward, as recorded
+                               from one training step) replayed once per train batch, nothing else: the floor
+                               that no framework overhead can go below with this BLAS / oneDNN on this machine
 and for the CNN, the same parts with an NCHW model and inputs (reslab uses channels_last for conv nets).
 
     python bench/epoch_breakdown.py --model mlp --repeat 5
@@ -58,6 +61,55 @@ def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+# The kernels of a training step that do its arithmetic; everything else (elementwise ops, the loss, Adam,
+# dispatch, autograd) is overhead a leaner loop could in principle remove.
+HEAVY_OPS = ("mm", "addmm", "bmm", "convolution", "convolution_backward")
+
+
+def heavy_kernels(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                  amp: bool):
+    """Record one training step's matrix products and convolutions; return a function that runs them again."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in HEAVY_OPS:
+                copy_ = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
+                calls.append((func, [copy_(a) for a in args], {k: copy_(v) for k, v in kwargs.items()}))
+            return func(*args, **kwargs)
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, Record():
+        step_over(model, optimizer, [(x, y)], device, amp)
+
+    def replay() -> None:
+        with torch.no_grad():
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+    replay.names = sorted({f.overloadpacket.__name__ for f, _, _ in calls})   # type: ignore[attr-defined]
+    replay.flops = counter.get_total_flops()   # type: ignore[attr-defined]
+    return replay
+
+
+def square_matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 5) -> float:
+    """What this BLAS reaches on a large square fp32 matmul here: the peer for the step's matmul speed."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def main() -> int:
@@ -132,6 +184,10 @@ def main() -> int:
         "trackers: console + metrics.jsonl": track,
         "train_model, 1 epoch (a)": lambda: a.run(1),
     }
+    x0, y0 = next(iter(train_loader))
+    kernels = heavy_kernels(copy.deepcopy(model), make_optimizer(copy.deepcopy(model), config, device), x0, y0,
+                            device, amp)
+    parts["matmuls/convs alone"] = lambda: [kernels() for _ in range(len(train_loader))]
     if is_cnn:        # what channels_last gives: the same parts with NCHW model and inputs
         nchw = dict(mean=split.mean, std=split.std, device=device, channels_last=False)
         nchw_train = TensorLoader(split.images[split.train_idx], split.labels[split.train_idx], config.batch_size,
@@ -185,6 +241,12 @@ def main() -> int:
           f"(train_model epoch: {m['train_model, 1 epoch (a)']:.1f}; + best_model.pth on improving epochs: "
           f"{m['checkpoint best_model.pth (improving)']:.1f})")
     print(f"    bare train + bare val (b) = {m['bare train (b)'] + m['bare val (b)']:8.1f}")
+    print(f"    matmuls/convs alone       = {m['matmuls/convs alone']:8.1f}   ({', '.join(kernels.names)}; "
+          f"{100 * m['matmuls/convs alone'] / m['bare train (b)']:.0f}% of bare train, "
+          f"{100 * m['matmuls/convs alone'] / m['train_model, 1 epoch (a)']:.0f}% of the train_model epoch)")
+    print(f"    their speed               = {kernels.flops * n_batches / m['matmuls/convs alone'] / 1e6:8.1f} GFLOP/s "
+          f"({kernels.flops / 1e6:.1f} MFLOP a step); a 2048x2048 fp32 matmul here: "
+          f"{square_matmul_gflops(device):.1f} GFLOP/s")
     print(f"    last.pth is {os.path.getsize(a.run_dir / 'last.pth') / 2**20:.2f} MiB; best_model.pth "
           f"{os.path.getsize(a.run_dir / 'best_model.pth') / 2**20:.2f} MiB")
 
