@@ -29,26 +29,30 @@
 #     command: bash bench/gpu_lab.sh $OUT
 #     (with less than ~11 minutes of device time left before it: RESLAB_GPU_DEADLINE=<budget_left_s - 120> first)
 #
-# STEPS, in priority order; from step 4 on, each starts only if the time left before the deadline fits it:
+# STEPS, in priority order (results first); from step 3 on, each starts only if the time left before the deadline
+# fits it:
 #   1. data: bench/gpu_data.py assemble (CIFAR-10 and MNIST now, waiting for the background unpacking of call 2;
-#      CIFAR-100 in the background, awaited before step 4). --smoke: tiny generated data (tests/fakedata.py).
-#   2. speed benchmark (unless RESLAB_GPU_BENCH=0: a later instalment's lease, whose time goes to the runs):
-#      bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120;
-#      then bench/batched_seeds.py (separate vs vmapped vs grouped seeds, timeout 60) when 90 s are left, into
-#      bench.txt too.
-#   2b. CUDA graphs (unless RESLAB_GPU_GRAPHS=0): bench/graphs_check.py trains the MNIST MLP and the residual CNN
+#      CIFAR-100 in the background). --smoke: tiny generated data (tests/fakedata.py).
+#   2. seed 0 of ex2.1 and ex1.3, full protocol: ex2.1 in the background (once CIFAR-100 is there: it trains its
+#      source, ex1.3's rescnn6-seed0, then the three probes and the two fine-tunings) beside the other 8 runs of
+#      ex1.3 started in priority order, RESLAB_GPU_JOBS at a time (default 3): noskipcnn6, rescnn3, noskipcnn3,
+#      rescnn2, noskipcnn2, cnn6, cnn3, cnn2; then `reslab run ex1.3` over all 9 (its report; rescnn6 if ex2.1 did
+#      not train it). Always runs; the deadline cuts it where it is (at most jobs + 1 runs lost).
+#   3. speed benchmark (unless RESLAB_GPU_BENCH=0; about RESLAB_GPU_EST_BENCH=240 s, at least 60):
+#      bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120; then
+#      bench/batched_seeds.py (separate vs vmapped vs grouped seeds, timeout 60) when 90 s are left, into bench.txt.
+#   3b. CUDA graphs (unless RESLAB_GPU_GRAPHS=0): bench/graphs_check.py trains the MNIST MLP and the residual CNN
 #      (depth 3, width 64) for 3 epochs eager and with --cuda-graphs (timeout 90, into bench.txt); when every
-#      graphed run finished, the lab's runs train with --cuda-graphs, else eagerly.
-#   3. ex1.3 seed 0: the 9 models, RESLAB_GPU_JOBS at a time (default 9); always runs (cut at the deadline).
-#   4. ex2.1 seed 0, full protocol, its source ex1.3's rescnn6-seed0 from the same --out: if RESLAB_GPU_EST_EX21
-#      seconds (default 240, a guess: probes on 45k images and two fine-tunings of up to 30 epochs) are left, or
-#      at least RESLAB_GPU_MIN_EX21 (default 120: the three probes, which run first and are kept when the deadline
-#      cuts the fine-tuning; the cut run is resumable, and this step outranks the MNIST ones).
-#   5. ex1 and ex1.2 with 3 seeds: if RESLAB_GPU_EST_MNIST seconds are left (default 90: 84 s on an H100 before).
-#   6. ex1.3 and ex2.1 seeds 1 and 2: both seeds if 2.3x (ex1.3 seed 0's wall + ex2.1 seed 0's) is left, seed 1
-#      alone if 1.2x is, else none (ex2.1's seeds only where its seed 0 ran). --smoke: seed 1 alone.
-#   7. ex1.3-deep seed 0 (6 runs): if RESLAB_GPU_EST_DEEP seconds are left (default: ex1.3 seed 0's wall).
-# IN INSTALMENTS: one lease is unlikely to hold all three seeds of the lab (an estimate; see the README).
+#      graphed run finished, the runs from here on train with --cuda-graphs, else eagerly.
+#   4. ex1 and ex1.2 with 3 seeds: if RESLAB_GPU_EST_MNIST seconds are left (default 90: 84 s on an H100 before).
+#   5. seed 1, then seed 2, of ex2.1 and ex1.3 as in step 2, each if step 2's wall time is left (--smoke: seed 1).
+#   6. ex1.3-deep seed 0 (6 runs, RESLAB_GPU_DEEP_JOBS at a time, default 6): if RESLAB_GPU_EST_DEEP seconds are
+#      left (default: step 2's wall time).
+# WHAT FITS (bench/results/2026-12-03-cpu/study_flops.txt): one seed of ex1.3 is 38.5 PFLOP at its epoch limits,
+# ex2.1's fine-tuning 7.2, the whole lab with 3 seeds 137 PFLOP. ex1.3's six width-64 runs side by side did 52-70
+# TFLOP/s together on the H100 of 2026-11-27 (8.8 PFLOP in 126 s for seed 0); at that, one seed of the lab takes
+# 11-15 minutes: more than one lease's call.
+# IN INSTALMENTS: one lease is unlikely to hold even one seed of the lab (above).
 # RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished
 # runs in first (bench/earlier_runs.py: runs cut short, and a rescnn6 whose ex2.1 seed has not finished, are
 # trained again); every step then reuses what is there and trains what is missing, and this lease's runs.tar.gz
@@ -71,9 +75,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 stage=${RESLAB_STAGE:-$root/.device}
 deadline=${RESLAB_GPU_DEADLINE:-540}
-est_ex21=${RESLAB_GPU_EST_EX21:-240}
-min_ex21=${RESLAB_GPU_MIN_EX21:-120}
 est_mnist=${RESLAB_GPU_EST_MNIST:-90}
+est_bench=${RESLAB_GPU_EST_BENCH:-240}   # study_speed (cut at 120 s), batched seeds (60 s), the CUDA graphs check (90 s)
 if [ "$mode" = "--smoke" ]; then
   work=${RESLAB_GPU_WORK:-}
   [ -n "$work" ] || { work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; }   # what matters is packed into OUT_DIR
@@ -131,6 +134,7 @@ c100_pid=
 if [ "$mode" = "--smoke" ]; then
   smoke=1 device=cpu data=$work/data
   jobs=${RESLAB_GPU_JOBS:-1}           # two CPU cores: runs side by side only share them (and each imports torch)
+  deep_jobs=$jobs
   "$py" -c "import sys; sys.path.insert(0, sys.argv[1]); from fakedata import write_all; write_all(sys.argv[2])" \
     "$root/tests" "$data" || { say "cannot generate the tiny data"; finish 1; }
   # Seconds on a CPU: the point is that every step still runs. 100 images a run (ex2.1's tiny CIFAR-100 has 5 a
@@ -141,7 +145,10 @@ if [ "$mode" = "--smoke" ]; then
   mnist_seeds=1
 else
   smoke=0 device=cuda data=${RESLAB_GPU_DATA:-/tmp/reslab-gpu-data}
-  jobs=${RESLAB_GPU_JOBS:-9}           # one small model leaves an H100 mostly idle: ex1.3's 9 runs side by side
+  # One small model leaves an H100 mostly idle (2026-11-27: ex1.3's width-64 runs, six side by side, did about 70
+  # TFLOP/s together against 27 for one alone); ex2.1 runs beside them. ex1.3-deep's nets are small: six at once.
+  jobs=${RESLAB_GPU_JOBS:-3}
+  deep_jobs=${RESLAB_GPU_DEEP_JOBS:-6}
   "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" \
     || { say "no CUDA device: this is the GPU run (--smoke runs on the CPU)"; finish 1; }
   # CIFAR-100 (needed from step 4 on) unpacks beside steps 2 and 3; CIFAR-10 and MNIST are needed now. A pack
@@ -162,10 +169,53 @@ if [ -n "${RESLAB_GPU_EARLIER:-}" ]; then   # earlier leases' finished runs: reu
 fi
 common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${shrink[@]+"${shrink[@]}"})
 
-# 2. speed benchmark -------------------------------------------------------------------------------------------
+# 2. results first: ex2.1 and ex1.3, seed 0 --------------------------------------------------------------------
+# ex2.1 (which trains its source, ex1.3's rescnn6, first) runs in the background beside the rest of ex1.3, whose
+# runs start in priority order, $jobs at a time: the skip-connection pairs deepest first, the Simple CNN last. When
+# the deadline cuts a round, at most jobs + 1 runs are lost (a run cut short is trained again by a later lease),
+# where 9 runs side by side would all be cut (bench/study_flops.py: one seed of ex1.3 is ~39 PFLOP, two thirds
+# of it the width-128 residual and no-skip nets).
+ex13_order=noskipcnn6,rescnn3,noskipcnn3,rescnn2,noskipcnn2,cnn6,cnn3,cnn2
+round_seconds=0
+seed_round() {   # seed_round K: seed K of ex2.1 and ex1.3 (seeds below K are reused); sets round_seconds
+  local seeds=$(($1 + 1)) start=$SECONDS rc before
+  rm -f "$work/ex2.1.rc"
+  (   # a subshell: its count of failures would be lost, so it leaves its exit status in a file
+    while [ -n "$c100_pid" ] && kill -0 "$c100_pid" 2>/dev/null; do sleep 1; done   # CIFAR-100 unpacked
+    reslab run ex2.1 --seeds "$seeds" "${common[@]}"; rc=$?
+    say "ex2.1 seed $1 done (rc $rc)"; echo "$rc" > "$work/ex2.1.rc"
+  ) &
+  local transfer_pid=$!
+  before=$failed   # this call's failure is mended by the whole-experiment call below
+  reslab run ex1.3 --seeds "$seeds" --only "$ex13_order" --jobs "$jobs" "${common[@]}"
+  say "ex1.3 seed $1 without rescnn6 done (rc $?)"; failed=$before
+  wait "$transfer_pid"
+  [ "$(cat "$work/ex2.1.rc" 2>/dev/null)" = 0 ] || failed=$((failed + 1))
+  # The whole of ex1.3 once more: its report over every run, and rescnn6 if ex2.1 did not get to train it.
+  reslab run ex1.3 --seeds "$seeds" --jobs "$jobs" "${common[@]}"; rc=$?
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $rc -ne 130 ] && [ "$jobs" -gt 1 ]; then   # failed, not cut short
+    say "ex1.3 failed (rc $rc) with --jobs $jobs; again with --jobs 1 (finished runs are reused)"
+    reslab run ex1.3 --seeds "$seeds" --jobs 1 "${common[@]}"; rc=$?
+    [ $rc -ne 0 ] || failed=$((failed - 1))   # the retry mended the first try
+  fi
+  say "ex1.3 seed $1 done (rc $rc)"; package
+  round_seconds=$((SECONDS - start))
+}
+if [ -n "$c100_pid" ]; then say "ex2.1 waits for CIFAR-100, unpacking in the background"; fi
+seed_round 0
+per_seed=$round_seconds
+if [ -n "$c100_pid" ]; then
+  wait "$c100_pid"; rc=$?
+  say "CIFAR-100 assembled in the background (rc $rc):"; cat "$work/cifar100.log"
+  [ $rc -eq 0 ] || failed=$((failed + 1))
+fi
+
+# 3. speed benchmark -------------------------------------------------------------------------------------------
 left=$((deadline - SECONDS))
 if [ "${RESLAB_GPU_BENCH:-1}" = 0 ]; then
   say "speed benchmark: left out (RESLAB_GPU_BENCH=0)"
+elif ! fits "speed benchmark" "$est_bench" 60; then
+  :
 elif [ "$left" -le 5 ]; then
   say "deadline reached: skipped the speed benchmark"; failed=$((failed + 1))
 else
@@ -189,7 +239,7 @@ else
   fi
 fi
 
-# 2b. CUDA graphs: checked here, then used by every run of the lab if they work ----------------------------------
+# 3b. CUDA graphs: checked here, then used by the runs that follow if they work ----------------------------------
 if [ "${RESLAB_GPU_GRAPHS:-1}" = 0 ]; then
   say "CUDA graphs: left out (RESLAB_GPU_GRAPHS=0); the runs train eagerly"
 elif [ $((deadline - SECONDS)) -le 60 ]; then
@@ -205,59 +255,24 @@ else
   fi
 fi
 
-# 3. ex1.3 seed 0 ----------------------------------------------------------------------------------------------
-start=$SECONDS
-reslab run ex1.3 --seeds 1 --jobs "$jobs" "${common[@]}"; rc=$?
-if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $rc -ne 130 ] && [ "$jobs" -gt 1 ]; then   # failed, not cut short
-  say "ex1.3 seed 0 failed (rc $rc) with --jobs $jobs; again with --jobs 1 (finished runs are reused)"
-  reslab run ex1.3 --seeds 1 --jobs 1 "${common[@]}"; rc=$?
-  [ $rc -ne 0 ] || failed=$((failed - 1))   # the retry mended the first try
-fi
-say "ex1.3 seed 0 done (rc $rc)"; package
-t13=$((SECONDS - start))
-
-# 4. ex2.1 seed 0 ----------------------------------------------------------------------------------------------
-if [ -n "$c100_pid" ]; then
-  wait "$c100_pid"; rc=$?
-  say "CIFAR-100 assembled in the background (rc $rc):"; cat "$work/cifar100.log"
-  [ $rc -eq 0 ] || failed=$((failed + 1))
-fi
-ran21=0 t21=0
-if fits "ex2.1 seed 0" "$est_ex21" "$min_ex21"; then
-  ran21=1 start=$SECONDS
-  reslab run ex2.1 --seeds 1 "${common[@]}"; say "ex2.1 seed 0 done (rc $?)"; package
-  t21=$((SECONDS - start))
-fi
-
-# 5. ex1 and ex1.2 ---------------------------------------------------------------------------------------------
+# 4. ex1 and ex1.2 ---------------------------------------------------------------------------------------------
 if fits "ex1 and ex1.2 ($mnist_seeds seed(s))" "$est_mnist"; then
   reslab run ex1 --seeds "$mnist_seeds" --jobs "$jobs" "${common[@]}"; say "ex1 done (rc $?)"; package
   reslab run ex1.2 --seeds "$mnist_seeds" --jobs "$jobs" "${common[@]}"; say "ex1.2 done (rc $?)"; package
 fi
 
-# 6. ex1.3 and ex2.1 seeds 1 and 2 -----------------------------------------------------------------------------
-per_seed=$((t13 + t21))
-left=$((deadline - SECONDS))
-if [ "$smoke" = 1 ]; then more=2
-elif [ "$left" -le 5 ] || [ "$left" -gt $((per_seed * 23 / 10)) ]; then more=3   # past the deadline: counted below
-elif [ "$left" -gt $((per_seed * 12 / 10)) ]; then more=2
-else more=1; fi
-if [ "$left" -le 5 ]; then say "more seeds: past the deadline"
-else say "more seeds: a seed of ex1.3 took ${t13}s, of ex2.1 ${t21}s; ${left}s left: seeds 0..$((more - 1))"; fi
-if [ "$more" -gt 1 ]; then
-  reslab run ex1.3 --seeds "$more" --jobs "$jobs" "${common[@]}"; say "ex1.3 seeds 0..$((more - 1)) done (rc $?)"
-  package
-  if [ "$ran21" = 1 ]; then
-    reslab run ex2.1 --seeds "$more" "${common[@]}"; say "ex2.1 seeds 0..$((more - 1)) done (rc $?)"; package
-  else
-    say "ex2.1: no more seeds, its seed 0 did not run"
-  fi
-fi
-[ "$more" -eq 3 ] || [ "$smoke" = 1 ] || left_out+=("seeds $more..2 of ex1.3 and ex2.1")
+# 5. seeds 1 and 2 of ex1.3 and ex2.1, each if a round like seed 0's fits ------------------------------------------
+last_seed=2; [ "$smoke" = 1 ] && last_seed=1
+for k in $(seq 1 "$last_seed"); do
+  if [ $((deadline - SECONDS)) -le 5 ]; then say "seed $k of ex1.3 and ex2.1: past the deadline"
+    seed_round "$k"   # skipped there, and counted
+  elif fits "seed $k of ex1.3 and ex2.1" "$per_seed"; then seed_round "$k"
+  else left_out+=("seeds $k..2 of ex1.3 and ex2.1"); break; fi
+done
 
-# 7. ex1.3-deep ------------------------------------------------------------------------------------------------
-if fits "ex1.3-deep seed 0" "${RESLAB_GPU_EST_DEEP:-$t13}"; then
-  reslab run ex1.3-deep --seeds 1 --jobs "$jobs" "${common[@]}"; say "ex1.3-deep done (rc $?)"; package
+# 6. ex1.3-deep ------------------------------------------------------------------------------------------------
+if fits "ex1.3-deep seed 0" "${RESLAB_GPU_EST_DEEP:-$per_seed}"; then
+  reslab run ex1.3-deep --seeds 1 --jobs "$deep_jobs" "${common[@]}"; say "ex1.3-deep done (rc $?)"; package
 fi
 
 package

@@ -190,10 +190,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .study import run_experiment
     overrides = overrides_from(args)
-    for key in ("experiment", "seeds", "profile", "overwrite", "jobs"):
+    for key in ("experiment", "seeds", "profile", "overwrite", "jobs", "only"):
         overrides.pop(key, None)
+    only = args.only.split(",") if args.only is not None else None
     result = run_experiment(args.experiment, seeds=args.seeds, profile=args.profile, overrides=overrides,
-                            overwrite=args.overwrite, jobs=args.jobs)
+                            overwrite=args.overwrite, jobs=args.jobs, only=only)
     return 0 if result["status"] == "done" else 1
 
 
@@ -277,6 +278,10 @@ def make_parser() -> argparse.ArgumentParser:
         p = command(name, help=helptext, description=f"{helptext[0].upper()}{helptext[1:]}. {reuse}")
         if name == "run":
             p.add_argument("experiment", help="experiment name (see `reslab list`) or a YAML file")
+            p.add_argument("--only", metavar="LABELS",
+                           help="train only these models of the experiment, comma-separated run labels as in its "
+                                "tables (e.g. rescnn6,noskipcnn6), started in this order; the report also shows "
+                                "its other finished runs")
         p.add_argument("--seeds", type=int, default=1, help="repeat every model with seeds 0..N-1 (default 1)")
         p.add_argument("--profile", choices=["quick", "full"], default="full",
                        help="full = the reference protocol; quick = fewer epochs/images (default full)")

@@ -102,11 +102,14 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
 
 
 def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", overrides: dict[str, Any] | None = None,
-                   overwrite: bool = False, folder: str | Path | None = None, jobs: int = 1) -> dict[str, Any]:
+                   overwrite: bool = False, folder: str | Path | None = None, jobs: int = 1,
+                   only: list[str] | None = None) -> dict[str, Any]:
     """Run one experiment (a shipped name or a YAML file) for seeds 0..seeds-1; write study.json and report.md.
 
-    `jobs` > 1 trains that many of a training experiment's runs at once, each in its own process. Every check
-    is made before anything is written; one command at a time writes an experiment's folder (a lock)."""
+    `jobs` > 1 trains that many of a training experiment's runs at once, each in its own process. `only` (run
+    labels such as rescnn6) trains just those models, in that order, and reports them with the experiment's other
+    finished runs. Every check is made before anything is written; one command at a time writes an experiment's
+    folder (a lock)."""
     overrides = dict(overrides or {})
     for key, why in FORBIDDEN_OVERRIDES.items():
         if key in overrides:
@@ -117,6 +120,8 @@ def run_experiment(name: str | Path, seeds: int = 1, profile: str = "full", over
         raise ConfigError("--jobs cannot be combined with torchrun: under torchrun every run already uses all ranks")
     experiment = load_experiment(name, profile)
     training = experiment.get("kind", "train") == "train"
+    if only is not None:
+        experiment = {**experiment, "only": select_labels(experiment, only)}
     if not training and launched_by_torchrun():
         raise ConfigError(f"{experiment['name']} is a transfer experiment: run it without torchrun")
     out = Path(overrides.pop("out", "runs"))
@@ -146,7 +151,7 @@ def _run_locked(name: str | Path, experiment: dict[str, Any], seeds: int, profil
     say(f"== {experiment['name']}: {experiment.get('description', '')} ({profile} profile, {seeds} seed(s)) ==")
     start = time.perf_counter()
     status = {"experiment": experiment["name"], "description": experiment.get("description", ""), "profile": profile,
-              "seeds": seeds, "status": "done", "reason": None, "runs": []}
+              "seeds": seeds, "only": experiment.get("only"), "status": "done", "reason": None, "runs": []}
     try:
         if training:
             status["runs"] = _run_training_experiment(experiment, seeds, overrides, folder, overwrite, jobs)
@@ -169,11 +174,34 @@ def _run_locked(name: str | Path, experiment: dict[str, Any], seeds: int, profil
     return {**status, "folder": str(folder), "report": str(report)}
 
 
+def select_labels(experiment: dict[str, Any], only: list[str]) -> list[str]:
+    """`only`, checked against the experiment's run labels (a transfer has none to choose)."""
+    if experiment.get("kind", "train") != "train":
+        raise ConfigError(f"--only chooses models of a training experiment; {experiment['name']} is a transfer "
+                          f"experiment (its runs are the methods of its `transfer` section)")
+    labels = [label for label, _ in train_configs(experiment, 0, {}, Path("."))]
+    unknown = [label for label in only if label not in labels]
+    if unknown or not only:
+        raise ConfigError(f"--only: {experiment['name']} has no model {', '.join(unknown) or '(none given)'}; "
+                          f"it has: {', '.join(labels)}")
+    return list(dict.fromkeys(only))
+
+
+def _to_train(experiment: dict[str, Any], seed: int, overrides: dict[str, Any],
+              folder: Path) -> list[tuple[str, TrainConfig]]:
+    """(label, config) of the runs to train for one seed: the experiment's, or those of `only` in its order."""
+    pairs = train_configs(experiment, seed, overrides, folder)
+    if "only" not in experiment:
+        return pairs
+    by_label = dict(pairs)
+    return [(label, by_label[label]) for label in experiment["only"]]
+
+
 def _training_runs(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any],
                    folder: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(run folder, result settings) of every run of a training experiment."""
+    """(run folder, result settings) of every run of a training experiment this command trains."""
     return [(config.run_dir, result_settings(config)) for seed in range(seeds)
-            for _, config in train_configs(experiment, seed, overrides, folder)]
+            for _, config in _to_train(experiment, seed, overrides, folder)]
 
 
 def _transfer_runs(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any],
@@ -209,7 +237,9 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     if unused:
         say(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there")
     pairs_by_seed = [train_configs(experiment, seed, overrides, folder) for seed in range(seeds)]
-    configs = [config for pairs in pairs_by_seed for _, config in pairs]
+    todo = [(label, seed, config) for seed in range(seeds)
+            for label, config in _to_train(experiment, seed, overrides, folder)]
+    configs = [config for _, _, config in todo]
     if jobs > 1 and len(configs) > 1:
         # Fetch missing files once, here: runs side by side would all download the same files at once.
         for dataset, data_dir in {(c.dataset, c.data_dir) for c in configs}:
@@ -223,12 +253,14 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
         if any(summary["stopped_by"] == StopReason.INTERRUPTED for summary in summaries):
             raise KeyboardInterrupt
     else:
-        for seed, pairs in enumerate(pairs_by_seed):
-            for label, config in pairs:
-                say(f"-- {experiment['name']}: {label} seed {seed}")
-                if train_run(config, overwrite)["stopped_by"] == StopReason.INTERRUPTED:
-                    raise KeyboardInterrupt
-    runs = [config.run_name for config in configs]
+        for label, seed, config in todo:
+            say(f"-- {experiment['name']}: {label} seed {seed}")
+            if train_run(config, overwrite)["stopped_by"] == StopReason.INTERRUPTED:
+                raise KeyboardInterrupt
+    # With `only`, the report shows the experiment's other finished runs too.
+    trained = {config.run_name for config in configs}
+    runs = [config.run_name for pairs in pairs_by_seed for _, config in pairs
+            if config.run_name in trained or is_finished(config.run_dir)]
     if "gradient_flow" in experiment.get("analysis", []) and is_main_process():
         data = load_dataset(configs[0].dataset, configs[0].data_dir)   # once for every seed
         flows = [analysis.gradient_flow_at_init(dict(pairs), data) for pairs in pairs_by_seed]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The steps in their order (--smoke: ex1 and ex1.2 with one seed, then seed 1 of ex1.3 and ex2.1).
-STEPS = ("ex1.3 seed 0 done (rc 0)", "ex2.1 seed 0 done (rc 0)", "ex1 done (rc 0)", "ex1.2 done (rc 0)",
-         "ex1.3 seeds 0..1 done (rc 0)", "ex2.1 seeds 0..1 done (rc 0)", "ex1.3-deep done (rc 0)")
+# The steps in their order (--smoke: ex1 and ex1.2 with one seed, then seed 1 of ex1.3 and ex2.1). Within a seed's
+# round ex2.1 runs beside ex1.3's other runs; the round ends with ex1.3 over all its runs.
+STEPS = ("ex2.1 seed 0 done (rc 0)", "ex1.3 seed 0 done (rc 0)", "speed benchmark:", "ex1 done (rc 0)",
+         "ex1.2 done (rc 0)", "ex2.1 seed 1 done (rc 0)", "ex1.3 seed 1 done (rc 0)", "ex1.3-deep done (rc 0)")
 MODELS = {f"{model}{depth}" for model in ("cnn", "rescnn", "noskipcnn") for depth in (2, 3, 6)}
 
 
@@ -30,6 +32,14 @@ def test_gpu_lab_smoke(tmp_path):
     places = [proc.stdout.find(step) for step in STEPS]
     assert -1 not in places, [step for step, place in zip(STEPS, places) if place == -1]
     assert places == sorted(places)                          # in priority order
+    for seed in (0, 1):   # the other 8 runs of ex1.3 in priority order, rescnn6 left to ex2.1
+        assert f"ex1.3 seed {seed} without rescnn6 done (rc 0)" in proc.stdout
+    order = [proc.stdout.find(f"-- ex1.3: {label} seed 0\n") for label in
+             ("noskipcnn6", "rescnn3", "noskipcnn3", "rescnn2", "noskipcnn2", "cnn6", "cnn3", "cnn2")]
+    assert -1 not in order and order == sorted(order)
+    # ex2.1 trains rescnn6-seed0; ex1.3's call over all its runs reuses it.
+    assert proc.stdout.count("training source rescnn6-seed0 ") == 1
+    assert re.search(r"reusing finished run \S+/ex1\.3/rescnn6-seed0\n", proc.stdout)
     benchmark = "study_speed.py" if (ROOT / "bench" / "study_speed.py").is_file() else "epoch_speed.py instead"
     assert f"speed benchmark: bench/{benchmark}" in proc.stdout
     names = sorted(p.name for p in out.iterdir())
@@ -86,13 +96,14 @@ def test_gpu_lab_past_its_deadline_skips_training_and_still_returns_the_log(tmp_
     assert proc.returncode == 1
     assert "ex1: 1 run(s) taken in" in proc.stdout         # taken in before any step, whatever the deadline
     assert (tmp_path / "work" / "runs" / "ex1" / "mlp-seed0" / "summary.json").is_file()
-    # ex1.3 seed 0, ex2.1 seed 0, ex1, ex1.2, ex1.3 and ex2.1 seed 1, ex1.3-deep: every training step, in order
-    assert proc.stdout.count("deadline reached: skipped reslab run") == 7
+    # Every training step, in order: per seed round, ex2.1 beside ex1.3's other runs, then ex1.3 over all of them.
     skipped = [line.split("skipped reslab run ")[1].split()[0] for line in proc.stdout.splitlines()
                if "deadline reached: skipped reslab run" in line]
-    assert skipped == ["ex1.3", "ex2.1", "ex1", "ex1.2", "ex1.3", "ex2.1", "ex1.3-deep"]
+    assert sorted(skipped[:2]) == ["ex1.3", "ex2.1"] and sorted(skipped[5:7]) == ["ex1.3", "ex2.1"]
+    assert skipped[2:5] + skipped[7:] == ["ex1.3", "ex1", "ex1.2", "ex1.3", "ex1.3-deep"]
     assert "deadline reached: skipped the speed benchmark" in proc.stdout
-    assert "finished with 8 failed step(s)" in proc.stdout     # the 7 and the benchmark
+    # Counted: ex2.1 and ex1.3 (the call over all its runs) per round, the benchmark, ex1, ex1.2, ex1.3-deep.
+    assert "finished with 8 failed step(s)" in proc.stdout
     assert "finished with 8 failed step(s)" in (out / "log.txt").read_text()
 
 

@@ -209,6 +209,32 @@ def test_a_user_file_runs_under_its_own_name(tmp_path, tiny_data):
     assert (summary["dataset"], summary["model_args"]["width"]) == ("fashionmnist", 16)
 
 
+def test_only_trains_the_models_named_in_that_order_and_reports_the_other_finished_runs(tmp_path, tiny_data, capsys):
+    path = tmp_path / "widths.yaml"
+    path.write_text("description: three MLP widths\ntrain: {dataset: fashionmnist}\nmodels:\n"
+                    "  - model: mlp\n    model_args: {hidden: [16]}\n  - model: resmlp\n    model_args: {width: 16}\n")
+    overrides = {"epochs": 1, "wandb": "disabled", "data_dir": str(tiny_data), "out": str(tmp_path)}
+    folder = tmp_path / "widths"
+    result = study.run_experiment(str(path), seeds=2, overrides=overrides, only=["resmlp"])
+    assert result["runs"] == ["resmlp-seed0", "resmlp-seed1"] and not (folder / "mlp-seed0").exists()
+    assert json.loads((folder / "study.json").read_text())["only"] == ["resmlp"]
+    capsys.readouterr()
+    # Seed-major, and within a seed in the order given; the finished resmlp runs are reused and reported.
+    result = study.run_experiment(str(path), seeds=2, overrides=overrides, only=["mlp"])
+    out = capsys.readouterr().out
+    assert out.index("mlp seed 0") < out.index("mlp seed 1") and "resmlp seed" not in out
+    assert result["runs"] == ["mlp-seed0", "resmlp-seed0", "mlp-seed1", "resmlp-seed1"]
+    assert "resmlp" in (folder / "report.md").read_text()
+    with pytest.raises(ConfigError, match="--only: widths has no model cnn2; it has: mlp, resmlp"):
+        study.run_experiment(str(path), overrides=overrides, only=["cnn2"])
+    with pytest.raises(ConfigError, match="--only chooses models of a training experiment; ex2.1 is a transfer"):
+        study.run_experiment("ex2.1", overrides=overrides, only=["finetune"])
+    assert main(["run", str(path), "--only", "resmlp,mlp", "--epochs", "1", "--wandb", "disabled",
+                 "--data-dir", str(tiny_data), "--out", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert out.index("resmlp seed 0") < out.index("-- widths: mlp seed 0")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """`reslab lab` on tiny data that lacks CIFAR-100, with downloads failing as they do offline."""
