@@ -49,9 +49,9 @@
 #   6. ex1.3-deep seed 0 (6 runs, RESLAB_GPU_DEEP_JOBS at a time, default 6): if RESLAB_GPU_EST_DEEP seconds are
 #      left (default: step 2's wall time).
 # WHAT FITS (bench/results/2026-12-03-cpu/study_flops.txt): one seed of ex1.3 is 38.5 PFLOP at its epoch limits,
-# ex2.1's fine-tuning 7.2, the whole lab with 3 seeds 137 PFLOP. ex1.3's six width-64 runs side by side did 52-70
-# TFLOP/s together on the H100 of 2026-11-27 (8.8 PFLOP in 126 s for seed 0); at that, one seed of the lab takes
-# 11-15 minutes: more than one lease's call.
+# ex2.1's two fine-tunings 13.7, the whole lab with 3 seeds 157 PFLOP. ex1.3's six width-64 runs side by side
+# did 52-70 TFLOP/s together on the H100 of 2026-11-27 (8.8 PFLOP in 126 s for seed 0); at that, one seed of the
+# lab takes 12-17 minutes: more than one lease's call.
 # IN INSTALMENTS: one lease is unlikely to hold even one seed of the lab (above).
 # RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished
 # runs in first (bench/earlier_runs.py: runs cut short, and a rescnn6 whose ex2.1 seed has not finished, are
@@ -76,7 +76,7 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 stage=${RESLAB_STAGE:-$root/.device}
 deadline=${RESLAB_GPU_DEADLINE:-540}
 est_mnist=${RESLAB_GPU_EST_MNIST:-90}
-est_bench=${RESLAB_GPU_EST_BENCH:-240}   # study_speed (cut at 120 s), batched seeds (60 s), the CUDA graphs check (90 s)
+est_bench=${RESLAB_GPU_EST_BENCH:-240}   # study_speed (cut at 120 s), batched seeds (60 s), CUDA graphs check (90 s)
 if [ "$mode" = "--smoke" ]; then
   work=${RESLAB_GPU_WORK:-}
   [ -n "$work" ] || { work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; }   # what matters is packed into OUT_DIR

@@ -13,8 +13,9 @@ folders (each its own model, splits and epochs run) over their training seconds:
     python bench/study_flops.py --runs bench/results/2026-11-27-h100/runs
 
 Counted: convolutions and matrix products (FlopCounterMode's ops), forward and backward; not counted: elementwise
-ops, normalization, the optimizer, data handling, and ex2.1's probes (scikit-learn on the CPU; their feature
-extraction, a forward pass over the images, is counted).
+ops, normalization, the optimizer, data handling, and ex2.1's probes themselves (scikit-learn on the CPU; their
+feature extraction, a forward pass over the images, is the `probes` row). ex2.1's `staged` fine-tuning counts its
+head-only epochs as a forward pass an image.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from reslab.config import TrainConfig  # noqa: E402
+from reslab.config import TrainConfig, TransferSettings  # noqa: E402
 from reslab.datasets import get_spec  # noqa: E402
 from reslab.experiments import load_experiment, source_config, target_config, train_configs  # noqa: E402
 from reslab.models import build_model  # noqa: E402
@@ -81,10 +82,19 @@ def run_rows(name: str, profile: str) -> list[dict]:
     else:   # a transfer: the source network fine-tuned with a fresh head on the target dataset
         source = source_config(experiment, 0, {}, Path("runs") / name)
         target = target_config(experiment, 0, {}, Path("runs") / name)
-        r = row(name, "finetune", source.model, source.model_args, target, get_spec(target.dataset).num_classes)
+        settings = TransferSettings.from_dict(experiment.get("transfer", {}))
         train, val, test = split_sizes(target)
-        r["extra_tflop"] = r["forward_flops"] * (train + val + test) / 1e12   # the probes' feature extraction
-        rows.append(r)
+        for method in [m for m in settings.methods if m in ("finetune", "staged")]:
+            r = row(name, method, source.model, source.model_args, target, get_spec(target.dataset).num_classes)
+            if method == "staged":   # its first epochs train the head alone: about a forward pass an image
+                head = min(settings.head_epochs, target.epochs - 1)
+                r["extra_tflop"] = head * (r["forward_flops"] * (train + val) / 1e12 - r["epoch_tflop"])
+            rows.append(r)
+        if any(m in ("svm", "knn", "logreg") for m in settings.methods):   # the probes' feature extraction
+            r = row(name, "probes", source.model, source.model_args, target, get_spec(target.dataset).num_classes)
+            r.update(train_gflop_img=r["forward_flops"] / 1e9, epoch_tflop=0.0, max_epochs=0,
+                     extra_tflop=r["forward_flops"] * (train + val + test) / 1e12)
+            rows.append(r)
     return rows
 
 
