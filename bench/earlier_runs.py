@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The finished runs of earlier GPU leases, taken into this lease's runs folder so that `reslab run` reuses them.
 
-One lease (15 minutes of device time) holds about one seed of the full lab; bench/gpu_lab.sh packs every run
+One lease (15 minutes of device time) holds less than one seed of the full lab; bench/gpu_lab.sh packs every run
 folder it has into runs.tar.gz (no checkpoints), and a later lease takes those runs in with this script, so that
 each lease adds the runs still missing instead of training the same ones again:
 
@@ -9,8 +9,10 @@ each lease adds the runs still missing instead of training the same ones again:
 
 Taken in: every <experiment>/<run>/ folder whose summary.json says it finished (not interrupted) and that
 RUNS_DIR does not hold yet (a run of this lease wins). Left out, and trained again: runs cut short (their
-checkpoints did not travel, so they cannot resume), and a network whose weights a later step still needs (ex2.1
-fine-tunes ex1.3's rescnn6 of the same seed: that source is taken in only once its ex2.1 seed has finished).
+checkpoints did not travel, so they cannot resume), and a seed of ex2.1 that is not complete together with its
+source (ex2.1 probes and fine-tunes ex1.3's rescnn6 of the same seed, whose weights did not travel either: the
+source and that seed's ex2.1 runs are taken in together once all of them have finished, else all are trained
+again, so that every run of the seed comes from the same network).
 Prints one line per experiment. Exit status 1 with a one-line error when SOURCE cannot be read.
 """
 from __future__ import annotations
@@ -22,12 +24,15 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reslab.config import TransferSettings  # noqa: E402
 from reslab.errors import ReslabError  # noqa: E402
+from reslab.experiments import load_experiment  # noqa: E402
 from reslab.run import is_finished  # noqa: E402
 
-# A run whose weights a later step loads (experiment, label) -> the later step's run (experiment, label) of the same
-# seed, which, once finished, no longer needs them. Run folders are named <label>-seed<k>.
-NEEDS_WEIGHTS = {("ex1.3", "rescnn6"): ("ex2.1", "finetune")}
+# A network whose weights a transfer loads, and the transfer's runs of the same seed: one unit across leases. Run
+# folders are named <label>-seed<k>.
+SOURCE = ("ex1.3", "rescnn6")
+TRANSFER = ("ex2.1", tuple(TransferSettings.from_dict(load_experiment("ex2.1")["transfer"]).methods))
 
 
 def finished(run: Path) -> bool:
@@ -38,11 +43,14 @@ def finished(run: Path) -> bool:
         return False
 
 
-def still_needed(root: Path, experiment: str, run: str) -> bool:
-    """Whether a later step still needs this run's weights (which did not travel)."""
+def incomplete_transfer(root: Path, experiment: str, run: str) -> bool:
+    """Whether this run is the source or a run of a transfer seed not all of whose runs have finished."""
     label, _, seed = run.rpartition("-seed")
-    user = NEEDS_WEIGHTS.get((experiment, label))
-    return user is not None and not finished(root / user[0] / f"{user[1]}-seed{seed}")
+    if (experiment, label) != SOURCE and experiment != TRANSFER[0]:
+        return False
+    unit = [root / SOURCE[0] / f"{SOURCE[1]}-seed{seed}"]
+    unit += [root / TRANSFER[0] / f"{method}-seed{seed}" for method in TRANSFER[1]]
+    return not all(finished(run_dir) for run_dir in unit)
 
 
 def take_in(root: Path, runs: Path) -> list[str]:
@@ -54,7 +62,7 @@ def take_in(root: Path, runs: Path) -> list[str]:
             dest = runs / exp.name / run.name
             if not finished(run):
                 cut.append(run.name)
-            elif still_needed(root, exp.name, run.name):
+            elif incomplete_transfer(root, exp.name, run.name):
                 needed.append(run.name)
             elif dest.exists():
                 kept.append(run.name)
@@ -64,7 +72,7 @@ def take_in(root: Path, runs: Path) -> list[str]:
                 taken.append(run.name)
         parts = [f"{len(taken)} run(s) taken in"]
         parts += [f"cut short, trained again: {', '.join(cut)}"] if cut else []
-        parts += [f"weights needed later, trained again: {', '.join(needed)}"] if needed else []
+        parts += [f"transfer seed incomplete, trained again: {', '.join(needed)}"] if needed else []
         parts += [f"this lease's kept: {', '.join(kept)}"] if kept else []
         lines.append(f"{exp.name}: {'; '.join(parts)}")
     return lines

@@ -54,9 +54,9 @@
 # lab takes 12-17 minutes: more than one lease's call.
 # IN INSTALMENTS: one lease is unlikely to hold even one seed of the lab (above).
 # RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished
-# runs in first (bench/earlier_runs.py: runs cut short, and a rescnn6 whose ex2.1 seed has not finished, are
-# trained again); every step then reuses what is there and trains what is missing, and this lease's runs.tar.gz
-# holds them all.
+# runs in first (bench/earlier_runs.py: runs cut short, and a seed of ex2.1 not finished with its source rescnn6,
+# are trained again); every step then reuses what is there and trains what is missing, and this lease's
+# runs.tar.gz holds them all.
 # A step left out for lack of time is noted, not counted as a failure. Training stops by RESLAB_GPU_DEADLINE
 # seconds after the start (default 540; runs cut there stop politely and say "interrupted", and are resumable);
 # a step that would start after it is skipped and counted as failed. --smoke runs every step whatever the estimates.
