@@ -34,10 +34,11 @@
 #   1. data: bench/gpu_data.py assemble (CIFAR-10 and MNIST now, waiting for the background unpacking of call 2;
 #      CIFAR-100 in the background). --smoke: tiny generated data (tests/fakedata.py).
 #   2. seed 0 of ex2.1 and ex1.3, full protocol: ex2.1 in the background (once CIFAR-100 is there: it trains its
-#      source, ex1.3's rescnn6-seed0, then the three probes and the two fine-tunings) beside the other 8 runs of
-#      ex1.3 started in priority order, RESLAB_GPU_JOBS at a time (default 3): noskipcnn6, rescnn3, noskipcnn3,
-#      rescnn2, noskipcnn2, cnn6, cnn3, cnn2; then `reslab run ex1.3` over all 9 (its report; rescnn6 if ex2.1 did
-#      not train it). Always runs; the deadline cuts it where it is (at most jobs + 1 runs lost).
+#      source, ex1.3's rescnn6-seed0, then the three probes and the fine-tuning) beside the other 8 runs of
+#      ex1.3 in priority order: noskipcnn6 and rescnn3 one at a time (ex2.1 keeps half the GPU), then noskipcnn3,
+#      rescnn2, noskipcnn2, cnn6, cnn3, cnn2, RESLAB_GPU_JOBS at a time (default 3); then `reslab run ex1.3` over
+#      all 9 (its report; rescnn6 if ex2.1 did not train it). Always runs; the deadline cuts it where it is (at
+#      most jobs + 1 runs lost).
 #   3. speed benchmark (unless RESLAB_GPU_BENCH=0; about RESLAB_GPU_EST_BENCH=240 s, at least 60):
 #      bench/study_speed.py --device cuda (bench/epoch_speed.py where it is missing), timeout 120; then
 #      bench/batched_seeds.py (separate vs vmapped vs grouped seeds, timeout 60) when 90 s are left, into bench.txt.
@@ -49,9 +50,9 @@
 #   6. ex1.3-deep seed 0 (6 runs, RESLAB_GPU_DEEP_JOBS at a time, default 6): if RESLAB_GPU_EST_DEEP seconds are
 #      left (default: step 2's wall time).
 # WHAT FITS (bench/results/2026-12-03-cpu/study_flops.txt): one seed of ex1.3 is 38.5 PFLOP at its epoch limits,
-# ex2.1's two fine-tunings 13.7, the whole lab with 3 seeds 157 PFLOP. ex1.3's six width-64 runs side by side
+# ex2.1's fine-tuning 7.1, the whole lab with 3 seeds 137 PFLOP. ex1.3's six width-64 runs side by side
 # did 52-70 TFLOP/s together on the H100 of 2026-11-27 (8.8 PFLOP in 126 s for seed 0); at that, one seed of the
-# lab takes 12-17 minutes: more than one lease's call.
+# lab takes 11-15 minutes: more than one lease's call.
 # IN INSTALMENTS: one lease is unlikely to hold even one seed of the lab (above).
 # RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished
 # runs in first (bench/earlier_runs.py: runs cut short, and a seed of ex2.1 not finished with its source rescnn6,
@@ -170,12 +171,15 @@ fi
 common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${shrink[@]+"${shrink[@]}"})
 
 # 2. results first: ex2.1 and ex1.3, seed 0 --------------------------------------------------------------------
-# ex2.1 (which trains its source, ex1.3's rescnn6, first) runs in the background beside the rest of ex1.3, whose
-# runs start in priority order, $jobs at a time: the skip-connection pairs deepest first, the Simple CNN last. When
-# the deadline cuts a round, at most jobs + 1 runs are lost (a run cut short is trained again by a later lease),
-# where 9 runs side by side would all be cut (bench/study_flops.py: one seed of ex1.3 is ~39 PFLOP, two thirds
-# of it the width-128 residual and no-skip nets).
-ex13_order=noskipcnn6,rescnn3,noskipcnn3,rescnn2,noskipcnn2,cnn6,cnn3,cnn2
+# ex2.1 (which trains its source, ex1.3's rescnn6, then probes and fine-tunes it: ~14 PFLOP in one process, and a
+# later lease must redo all of it unless all of it finishes here, bench/earlier_runs.py) runs in the background.
+# Beside it, ex1.3's deepest skip-connection pair trains one run at a time, so that ex2.1 keeps half the GPU
+# (runs in separate processes share it by time slices); then the rest of ex1.3, $jobs at a time, in priority
+# order: the pairs deepest first, the Simple CNN last. When the deadline cuts a round, at most jobs + 1 runs are
+# lost (a run cut short is trained again by a later lease), where 9 runs side by side would all be cut
+# (bench/study_flops.py: one seed of ex1.3 is ~39 PFLOP, two thirds of it the width-128 residual and no-skip nets).
+ex13_first=noskipcnn6,rescnn3
+ex13_rest=noskipcnn3,rescnn2,noskipcnn2,cnn6,cnn3,cnn2
 round_seconds=0
 seed_round() {   # seed_round K: seed K of ex2.1 and ex1.3 (seeds below K are reused); sets round_seconds
   local seeds=$(($1 + 1)) start=$SECONDS rc before
@@ -186,16 +190,18 @@ seed_round() {   # seed_round K: seed K of ex2.1 and ex1.3 (seeds below K are re
     say "ex2.1 seed $1 done (rc $rc)"; echo "$rc" > "$work/ex2.1.rc"
   ) &
   local transfer_pid=$!
-  before=$failed   # this call's failure is mended by the whole-experiment call below
-  reslab run ex1.3 --seeds "$seeds" --only "$ex13_order" --jobs "$jobs" "${common[@]}"
+  before=$failed   # these two calls' failures are mended by the call over all of ex1.3 below
+  reslab run ex1.3 --seeds "$seeds" --only "$ex13_first" --jobs 1 "${common[@]}"
+  reslab run ex1.3 --seeds "$seeds" --only "$ex13_rest" --jobs "$jobs" "${common[@]}"
   say "ex1.3 seed $1 without rescnn6 done (rc $?)"; failed=$before
   wait "$transfer_pid"
   [ "$(cat "$work/ex2.1.rc" 2>/dev/null)" = 0 ] || failed=$((failed + 1))
-  # The whole of ex1.3 once more: its report over every run, and rescnn6 if ex2.1 did not get to train it.
-  reslab run ex1.3 --seeds "$seeds" --jobs "$jobs" "${common[@]}"; rc=$?
+  # All of ex1.3 once more: its report over every run, and rescnn6 if ex2.1 did not get to train it.
+  local all="rescnn6,$ex13_first,$ex13_rest"
+  reslab run ex1.3 --seeds "$seeds" --only "$all" --jobs "$jobs" "${common[@]}"; rc=$?
   if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $rc -ne 130 ] && [ "$jobs" -gt 1 ]; then   # failed, not cut short
     say "ex1.3 failed (rc $rc) with --jobs $jobs; again with --jobs 1 (finished runs are reused)"
-    reslab run ex1.3 --seeds "$seeds" --jobs 1 "${common[@]}"; rc=$?
+    reslab run ex1.3 --seeds "$seeds" --only "$all" --jobs 1 "${common[@]}"; rc=$?
     [ $rc -ne 0 ] || failed=$((failed - 1))   # the retry mended the first try
   fi
   say "ex1.3 seed $1 done (rc $rc)"; package

@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     for key in ("experiment", "seeds", "profile", "overwrite", "jobs", "only"):
         overrides.pop(key, None)
-    only = args.only.split(",") if args.only is not None else None
+    only = [label.strip() for label in args.only.split(",") if label.strip()] if args.only is not None else None
     result = run_experiment(args.experiment, seeds=args.seeds, profile=args.profile, overrides=overrides,
                             overwrite=args.overwrite, jobs=args.jobs, only=only)
     return 0 if result["status"] == "done" else 1

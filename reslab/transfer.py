@@ -67,12 +67,17 @@ def make_probes(settings: TransferSettings) -> dict[str, Any]:
     """The scikit-learn classifiers fitted on frozen features, each after standardizing them."""
     # Imported here: scikit-learn (and scipy) add about a second to the start of every `reslab` process.
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    return {"svm": make_pipeline(StandardScaler(), LinearSVC(C=settings.svm_c)),
+    # LinearSVC alone solves its one-vs-rest problems one after another on one core (about 4 minutes for 100
+    # classes on 45,000 features of 256 here); the same binary problems, fitted on every core, give the same
+    # classifier (coefficients within 1e-8) in a fraction of that.
+    svm = OneVsRestClassifier(LinearSVC(C=settings.svm_c), n_jobs=-1)
+    return {"svm": make_pipeline(StandardScaler(), svm),
             "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=settings.knn_k)),
             "logreg": make_pipeline(StandardScaler(), LogisticRegression(C=settings.logreg_c, max_iter=1000))}
 

@@ -151,3 +151,17 @@ def test_ex2_1_trains_the_ex1_3_network_when_it_is_absent(tiny_data, tmp_path):
     assert [p.name for p in (tmp_path / "ex1.3").iterdir()] == ["rescnn6-seed0"]   # only the source, nothing else
     summary = json.loads((tmp_path / "ex2.1" / "finetune-seed0" / "summary.json").read_text())
     assert (summary["source_dataset"], summary["dataset"], summary["model_args"]["depth"]) == ("cifar10", "cifar100", 6)
+
+
+def test_the_svm_probe_is_scikit_learn_s_linear_svm_fitted_class_by_class_on_every_core():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 600)
+    x = np.maximum(rng.normal(size=(10, 16))[y] + rng.normal(size=(600, 16)), 0).astype(np.float32)
+    probe = transfer.make_probes(transfer.TransferSettings(svm_c=0.5))["svm"].fit(x, y)
+    alone = make_pipeline(StandardScaler(), LinearSVC(C=0.5)).fit(x, y)
+    assert (probe.predict(x) == alone.predict(x)).all()
+    coef = np.vstack([binary.coef_ for binary in probe[-1].estimators_])
+    assert np.abs(coef - alone[-1].coef_).max() < 1e-6
