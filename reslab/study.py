@@ -187,21 +187,27 @@ def select_labels(experiment: dict[str, Any], only: list[str]) -> list[str]:
     return list(dict.fromkeys(only))
 
 
-def _to_train(experiment: dict[str, Any], seed: int, overrides: dict[str, Any],
-              folder: Path) -> list[tuple[str, TrainConfig]]:
-    """(label, config) of the runs to train for one seed: the experiment's, or those of `only` in its order."""
-    pairs = train_configs(experiment, seed, overrides, folder)
+def _to_train(experiment: dict[str, Any], pairs: list[tuple[str, TrainConfig]]) -> list[tuple[str, TrainConfig]]:
+    """Of one seed's (label, config) pairs, those this command trains: all, or those of `only` in its order."""
     if "only" not in experiment:
         return pairs
     by_label = dict(pairs)
     return [(label, by_label[label]) for label in experiment["only"]]
 
 
+def _reported(run_dir: Path) -> bool:
+    """Whether another command's run goes into this command's report: finished, and readable."""
+    try:
+        return is_finished(run_dir)
+    except ReslabError:   # a damaged summary: left out here; the command that trains it again says so
+        return False
+
+
 def _training_runs(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any],
                    folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(run folder, result settings) of every run of a training experiment this command trains."""
     return [(config.run_dir, result_settings(config)) for seed in range(seeds)
-            for _, config in _to_train(experiment, seed, overrides, folder)]
+            for _, config in _to_train(experiment, train_configs(experiment, seed, overrides, folder))]
 
 
 def _transfer_runs(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any],
@@ -237,8 +243,8 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     if unused:
         say(f"note: no model of {experiment['name']} takes {', '.join(sorted(unused))}; ignored there")
     pairs_by_seed = [train_configs(experiment, seed, overrides, folder) for seed in range(seeds)]
-    todo = [(label, seed, config) for seed in range(seeds)
-            for label, config in _to_train(experiment, seed, overrides, folder)]
+    todo = [(label, seed, config) for seed, pairs in enumerate(pairs_by_seed)
+            for label, config in _to_train(experiment, pairs)]
     configs = [config for _, _, config in todo]
     if jobs > 1 and len(configs) > 1:
         # Fetch missing files once, here: runs side by side would all download the same files at once.
@@ -260,7 +266,7 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     # With `only`, the report shows the experiment's other finished runs too.
     trained = {config.run_name for config in configs}
     runs = [config.run_name for pairs in pairs_by_seed for _, config in pairs
-            if config.run_name in trained or is_finished(config.run_dir)]
+            if config.run_name in trained or _reported(config.run_dir)]
     if "gradient_flow" in experiment.get("analysis", []) and is_main_process():
         data = load_dataset(configs[0].dataset, configs[0].data_dir)   # once for every seed
         flows = [analysis.gradient_flow_at_init(dict(pairs), data) for pairs in pairs_by_seed]
