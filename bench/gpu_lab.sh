@@ -176,8 +176,9 @@ common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${s
 # Beside it, ex1.3's deepest skip-connection pair trains one run at a time, so that ex2.1 keeps half the GPU
 # (runs in separate processes share it by time slices); then the rest of ex1.3, $jobs at a time, in priority
 # order: the pairs deepest first, the Simple CNN last. When the deadline cuts a round, at most jobs + 1 runs are
-# lost (a run cut short is trained again by a later lease), where 9 runs side by side would all be cut
-# (bench/study_flops.py: one seed of ex1.3 is ~39 PFLOP, two thirds of it the width-128 residual and no-skip nets).
+# lost (a run cut short is trained again by a later lease), where 9 runs side by side, sharing the GPU by time
+# slices, would finish the cheap Simple CNNs first and leave the costly pairs cut together (bench/study_flops.py:
+# one seed of ex1.3 is ~39 PFLOP, two thirds of it the width-128 residual and no-skip nets).
 ex13_first=noskipcnn6,rescnn3
 ex13_rest=noskipcnn3,rescnn2,noskipcnn2,cnn6,cnn3,cnn2
 round_seconds=0
