@@ -11,6 +11,7 @@ folders (each its own model, splits and epochs run) over their training seconds:
     python bench/study_flops.py                                   # the lab, full protocol, 3 seeds
     python bench/study_flops.py --measured rescnn:3:64=2.001 --rate 989:H200-bf16-dense-peak
     python bench/study_flops.py --runs bench/results/2026-11-27-h100/runs
+    python bench/study_flops.py --width 64                        # what width-64 residual nets would cost
 
 Counted: convolutions and matrix products (FlopCounterMode's ops), forward and backward; not counted: elementwise
 ops, normalization, the optimizer, data handling, and ex2.1's probes themselves (scikit-learn on the CPU; their
@@ -71,17 +72,18 @@ def split_sizes(config) -> tuple[int, int, int]:
     return train, val, n_test
 
 
-def run_rows(name: str, profile: str) -> list[dict]:
+def run_rows(name: str, profile: str, overrides: dict) -> list[dict]:
     """One row per run of an experiment (one seed): its FLOPs per epoch and the epoch limit."""
     experiment = load_experiment(name, profile)
     rows = []
     if experiment.get("kind", "train") == "train":
-        pairs = train_configs(experiment, 0, {}, Path("runs"))
-        for label, config in pairs:
+        plain = dict(train_configs(experiment, 0, {}, Path("runs")))
+        for label, config in train_configs(experiment, 0, overrides, Path("runs")):
+            config = config if config.model.endswith("cnn") else plain[label]   # conv nets only (not resmlp)
             rows.append(row(name, label, config.model, config.model_args, config, None))
     else:   # a transfer: the source network fine-tuned with a fresh head on the target dataset
-        source = source_config(experiment, 0, {}, Path("runs") / name)
-        target = target_config(experiment, 0, {}, Path("runs") / name)
+        source = source_config(experiment, 0, overrides, Path("runs") / name)
+        target = target_config(experiment, 0, overrides, Path("runs") / name)
         settings = TransferSettings.from_dict(experiment.get("transfer", {}))
         train, val, test = split_sizes(target)
         for method in [m for m in settings.methods if m in ("finetune", "staged")]:
@@ -145,6 +147,8 @@ def main() -> int:
     p.add_argument("--experiments", default=",".join(LAB), help="comma-separated (default: the lab's four)")
     p.add_argument("--profile", default="full")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--width", type=int, help="first conv width of the conv nets (as `reslab run --width` sets "
+                                             "it): what another width would cost")
     p.add_argument("--runs", type=Path, help="a folder of experiment folders of run folders: the speed they reached")
     p.add_argument("--rate", action="append", default=[], metavar="TFLOPS[:LABEL]",
                    help="a sustained speed to turn FLOPs into seconds (repeatable)")
@@ -153,9 +157,11 @@ def main() -> int:
     args = p.parse_args()
     rates = [parse_measured(m) for m in args.measured] + [parse_rate(r) for r in args.rate]
 
-    rows = [r for name in args.experiments.split(",") for r in run_rows(name, args.profile)]
-    print(f"Training FLOPs of {args.experiments} ({args.profile} profile), one seed; matmuls and convolutions, "
-          f"forward + backward, batch as configured")
+    overrides = {"model_args": {"width": args.width}} if args.width else {}
+    rows = [r for name in args.experiments.split(",") for r in run_rows(name, args.profile, overrides)]
+    print(f"Training FLOPs of {args.experiments} ({args.profile} profile"
+          f"{f', conv nets at width {args.width}' if args.width else ''}), one seed; matmuls and "
+          f"convolutions, forward + backward, batch as configured")
     print(f"  {'experiment':<10} {'run':<12} {'params':>8} {'GFLOP/img':>10} {'TFLOP/epoch':>12} {'max ep':>7} "
           f"{'PFLOP':>8}")
     total = 0.0

@@ -43,3 +43,13 @@ def test_the_command_prints_the_lab_and_the_time_at_a_rate():
                           "--seeds", "2", "--rate", "100:test"], capture_output=True, text=True, check=True).stdout
     assert "ex2.1      finetune" in out and "6.03M" in out                # ex1.3's rescnn6 with a 100-class head
     assert "at 100.0 TFLOP/s sustained (test):" in out
+
+
+def test_another_width_changes_the_conv_nets_only():
+    default = {r["run"]: r for r in study_flops.run_rows("ex1.3", "full", {})}
+    narrow = {r["run"]: r for r in study_flops.run_rows("ex1.3", "full", {"model_args": {"width": 64}})}
+    assert narrow["cnn2"]["params"] == default["cnn2"]["params"]             # the Simple CNN is 64 wide already
+    assert narrow["rescnn2"]["params"] < default["rescnn2"]["params"] / 3
+    rows = study_flops.run_rows("ex1.2", "full", {"model_args": {"width": 64}})
+    (resmlp,) = [r for r in rows if r["run"] == "resmlp"]
+    assert resmlp["params"] == study_flops.step_flops("resmlp", {}, "mnist", 128)[0]   # its width is not a conv's
