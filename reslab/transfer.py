@@ -75,7 +75,7 @@ def make_probes(settings: TransferSettings) -> dict[str, Any]:
 
     # LinearSVC alone solves its one-vs-rest problems one after another on one core (about 4 minutes for 100
     # classes on 45,000 features of 256 here); the same binary problems, fitted on every core, give the same
-    # classifier (coefficients within 1e-8) in a fraction of that.
+    # classifier (the same coefficients to rounding: tests/test_transfer.py) in a fraction of that.
     svm = OneVsRestClassifier(LinearSVC(C=settings.svm_c), n_jobs=-1)
     return {"svm": make_pipeline(StandardScaler(), svm),
             "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=settings.knn_k)),
