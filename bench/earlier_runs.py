@@ -25,22 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reslab.config import TransferSettings  # noqa: E402
-from reslab.errors import ReslabError  # noqa: E402
 from reslab.experiments import load_experiment  # noqa: E402
-from reslab.run import is_finished  # noqa: E402
+from reslab.run import has_result  # noqa: E402
 
 # A network whose weights a transfer loads, and the transfer's runs of the same seed: one unit across leases. Run
 # folders are named <label>-seed<k>.
 SOURCE = ("ex1.3", "rescnn6")
 TRANSFER = ("ex2.1", tuple(TransferSettings.from_dict(load_experiment("ex2.1")["transfer"]).methods))
-
-
-def finished(run: Path) -> bool:
-    """Whether a run folder holds a result that was not cut short, by reslab's own rule; a damaged one is not."""
-    try:
-        return is_finished(run)
-    except ReslabError:
-        return False
 
 
 def incomplete_transfer(root: Path, experiment: str, run: str) -> bool:
@@ -50,7 +41,7 @@ def incomplete_transfer(root: Path, experiment: str, run: str) -> bool:
         return False
     unit = [root / SOURCE[0] / f"{SOURCE[1]}-seed{seed}"]
     unit += [root / TRANSFER[0] / f"{method}-seed{seed}" for method in TRANSFER[1]]
-    return not all(finished(run_dir) for run_dir in unit)
+    return not all(has_result(run_dir) for run_dir in unit)
 
 
 def take_in(root: Path, runs: Path) -> list[str]:
@@ -60,7 +51,7 @@ def take_in(root: Path, runs: Path) -> list[str]:
         taken, cut, needed, kept = [], [], [], []
         for run in sorted(p.parent for p in exp.glob("*/config.yaml")):
             dest = runs / exp.name / run.name
-            if not finished(run):
+            if not has_result(run):
                 cut.append(run.name)
             elif incomplete_transfer(root, exp.name, run.name):
                 needed.append(run.name)

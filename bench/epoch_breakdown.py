@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,34 +69,46 @@ def step_over(model: nn.Module, optimizer, loader, device: torch.device, amp: bo
 HEAVY_OPS = ("mm", "addmm", "bmm", "convolution", "convolution_backward")
 
 
-def heavy_kernels(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                  amp: bool):
-    """Record one training step's matrix products and convolutions; return a function that runs them again."""
+@dataclass
+class HeavyKernels:
+    """One training step's matrix products and convolutions, recorded with their inputs, to be run again alone."""
+
+    calls: list
+    flops: int           # of the whole step, as FlopCounterMode counts it (these ops only)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({func.overloadpacket.__name__ for func, _, _ in self.calls})
+
+    def replay(self) -> None:
+        with torch.no_grad():
+            for func, args, kwargs in self.calls:
+                func(*args, **kwargs)
+
+
+def heavy_kernels(model: nn.Module, config: TrainConfig, x: torch.Tensor, y: torch.Tensor,
+                  device: torch.device) -> HeavyKernels:
+    """Record one training step of a copy of `model` (its matrix products and convolutions, inputs cloned)."""
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
 
     calls = []
+
+    def kept(value):
+        return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func.overloadpacket.__name__ in HEAVY_OPS:
-                copy_ = lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
-                calls.append((func, [copy_(a) for a in args], {k: copy_(v) for k, v in kwargs.items()}))
+                calls.append((func, [kept(a) for a in args], {k: kept(v) for k, v in kwargs.items()}))
             return func(*args, **kwargs)
 
-    from torch.utils.flop_counter import FlopCounterMode
-
+    model = copy.deepcopy(model)   # the step changes the weights: not those of the model being timed
     counter = FlopCounterMode(display=False)
     with counter, Record():
-        step_over(model, optimizer, [(x, y)], device, amp)
-
-    def replay() -> None:
-        with torch.no_grad():
-            for func, args, kwargs in calls:
-                func(*args, **kwargs)
-    replay.names = sorted({f.overloadpacket.__name__ for f, _, _ in calls})   # type: ignore[attr-defined]
-    replay.flops = counter.get_total_flops()   # type: ignore[attr-defined]
-    return replay
+        step_over(model, make_optimizer(model, config, device), [(x, y)], device, config.amp)
+    return HeavyKernels(calls, counter.get_total_flops())
 
 
 def square_matmul_gflops(device: torch.device, n: int = 2048, repeat: int = 5) -> float:
@@ -185,9 +198,8 @@ def main() -> int:
         "train_model, 1 epoch (a)": lambda: a.run(1),
     }
     x0, y0 = next(iter(train_loader))
-    kernels = heavy_kernels(copy.deepcopy(model), make_optimizer(copy.deepcopy(model), config, device), x0, y0,
-                            device, amp)
-    parts["matmuls/convs alone"] = lambda: [kernels() for _ in range(len(train_loader))]
+    kernels = heavy_kernels(model, config, x0, y0, device)
+    parts["matmuls/convs alone"] = lambda: [kernels.replay() for _ in range(len(train_loader))]
     if is_cnn:        # what channels_last gives: the same parts with NCHW model and inputs
         nchw = dict(mean=split.mean, std=split.std, device=device, channels_last=False)
         nchw_train = TensorLoader(split.images[split.train_idx], split.labels[split.train_idx], config.batch_size,

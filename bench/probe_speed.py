@@ -30,6 +30,8 @@ def main() -> int:
     p.add_argument("--features", type=int, default=256)
     p.add_argument("--classes", type=int, default=100)
     args = p.parse_args()
+    if min(args.samples, args.features, args.classes) < 1 or args.samples < 2 * args.classes:
+        p.error("--samples, --features and --classes must be 1 or more, with at least 2 samples a class")
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC

@@ -22,26 +22,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from reslab.config import TrainConfig, TransferSettings  # noqa: E402
+from reslab.config import TrainConfig, TransferSettings, load_yaml  # noqa: E402
 from reslab.datasets import get_spec  # noqa: E402
+from reslab.errors import ReslabError  # noqa: E402
 from reslab.experiments import load_experiment, source_config, target_config, train_configs  # noqa: E402
 from reslab.models import build_model  # noqa: E402
+from reslab.runfolder import read_json  # noqa: E402
 
 # The official releases' training and test images: what the splits are cut from.
 IMAGES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000),
           "cifar100": (50000, 10000)}
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+CONV_NETS = ("cnn", "rescnn", "noskipcnn")   # the models --width applies to
 
 
 def step_flops(model: str, model_args: dict, dataset: str, batch: int, num_classes: int | None = None
@@ -79,7 +80,7 @@ def run_rows(name: str, profile: str, overrides: dict) -> list[dict]:
     if experiment.get("kind", "train") == "train":
         plain = dict(train_configs(experiment, 0, {}, Path("runs")))
         for label, config in train_configs(experiment, 0, overrides, Path("runs")):
-            config = config if config.model.endswith("cnn") else plain[label]   # conv nets only (not resmlp)
+            config = config if config.model in CONV_NETS else plain[label]   # resmlp's width is not a conv's
             rows.append(row(name, label, config.model, config.model_args, config, None))
     else:   # a transfer: the source network fine-tuned with a fresh head on the target dataset
         source = source_config(experiment, 0, overrides, Path("runs") / name)
@@ -114,12 +115,12 @@ def measured_rows(runs: Path) -> list[dict]:
     rows = []
     for summary_path in sorted(runs.glob("*/*/summary.json")):
         run_dir = summary_path.parent
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(summary_path)   # a damaged file: a one-line ReslabError
         if summary.get("epochs_run") is None or not (run_dir / "config.yaml").is_file():
             continue   # a transfer probe: no epochs
         # The settings it ran with (config.yaml also holds what the run derived); the model's arguments in full,
         # defaults included, from summary.json: a default may have changed since.
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = load_yaml(run_dir / "config.yaml")
         config = TrainConfig.from_dict({k: v for k, v in saved.items() if k in TRAIN_KEYS}, str(run_dir))
         r = row(run_dir.parent.name, run_dir.name, summary["model"], summary["model_args"], config, None)
         r["tflop"] = r["epoch_tflop"] * summary["epochs_run"]
@@ -129,33 +130,68 @@ def measured_rows(runs: Path) -> list[dict]:
 
 
 def parse_rate(text: str) -> tuple[float, str]:
+    """TFLOPS[:LABEL] -> (TFLOP/s, label); a malformed one is argparse's one-line error."""
     value, _, label = text.partition(":")
-    return float(value), label or f"{value} TFLOP/s"
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"want TFLOPS[:LABEL] with TFLOPS a number above 0, got {text!r}")
+    return rate, label or f"{value} TFLOP/s"
 
 
 def parse_measured(text: str) -> tuple[float, str]:
     """MODEL:DEPTH:WIDTH=SECONDS (one epoch on CIFAR-10 with validation, as bench/epoch_speed.py times it)."""
     spec, _, seconds = text.partition("=")
-    model, depth, width = spec.split(":")
-    args = {"depth": int(depth), "width": int(width)}
-    r = row("measured", spec, model, args, TrainConfig(model=model, model_args=args, dataset="cifar10"), None)
-    return r["epoch_tflop"] / float(seconds), f"as {model} d{depth} w{width} ran ({seconds} s/epoch)"
+    try:
+        model, depth, width = spec.split(":")
+        args = {"depth": int(depth), "width": int(width)}
+        r = row("measured", spec, model, args, TrainConfig(model=model, model_args=args, dataset="cifar10"), None)
+        rate = r["epoch_tflop"] / float(seconds)
+    except (ValueError, ZeroDivisionError, ReslabError) as exc:
+        raise argparse.ArgumentTypeError(f"want MODEL:DEPTH:WIDTH=SECONDS such as rescnn:3:64=2.001, got "
+                                         f"{text!r} ({exc})") from None
+    return rate, f"as {model} d{depth} w{width} ran ({seconds} s/epoch)"
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of 1 or more, got {text!r}")
+    return int(text)
+
+
+def existing_folder(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return Path(text)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiments", default=",".join(LAB), help="comma-separated (default: the lab's four)")
     p.add_argument("--profile", default="full")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--width", type=int, help="first conv width of the conv nets (as `reslab run --width` sets "
+    p.add_argument("--seeds", type=positive, default=3)
+    p.add_argument("--width", type=positive, help="first conv width of the conv nets (as `reslab run --width` sets "
                                              "it): what another width would cost")
-    p.add_argument("--runs", type=Path, help="a folder of experiment folders of run folders: the speed they reached")
-    p.add_argument("--rate", action="append", default=[], metavar="TFLOPS[:LABEL]",
+    p.add_argument("--runs", type=existing_folder,
+                   help="a folder of experiment folders of run folders: the speed they reached")
+    p.add_argument("--rate", action="append", default=[], type=parse_rate, metavar="TFLOPS[:LABEL]",
                    help="a sustained speed to turn FLOPs into seconds (repeatable)")
-    p.add_argument("--measured", action="append", default=[], metavar="MODEL:DEPTH:WIDTH=SECONDS",
+    p.add_argument("--measured", action="append", default=[], type=parse_measured,
+                   metavar="MODEL:DEPTH:WIDTH=SECONDS",
                    help="a measured CIFAR-10 epoch (e.g. rescnn:3:64=2.001): its FLOPs over its seconds is a rate")
     args = p.parse_args()
-    rates = [parse_measured(m) for m in args.measured] + [parse_rate(r) for r in args.rate]
+    rates = args.measured + args.rate
+    try:
+        return report(args, rates)
+    except ReslabError as exc:   # an unknown experiment or profile, a bad width
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def report(args: argparse.Namespace, rates: list[tuple[float, str]]) -> int:
+    """Print the plan's FLOPs, the seconds at each rate and, with --runs, what those runs reached."""
 
     overrides = {"model_args": {"width": args.width}} if args.width else {}
     rows = [r for name in args.experiments.split(",") for r in run_rows(name, args.profile, overrides)]

@@ -107,6 +107,15 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "config.yaml").is_file() and finished_summary(run_dir) is not None
 
 
+def has_result(run_dir: Path) -> bool:
+    """is_finished, with a damaged summary counted as no result instead of an error: for callers looking at runs
+    other than their own (the command that trains a damaged run again says what is wrong with it)."""
+    try:
+        return is_finished(run_dir)
+    except ReslabError:
+        return False
+
+
 def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                  tracker: Tracker | None = None, console: bool = True) -> dict[str, Any]:
     """Train and test one model as `config` says, writing the run folder; return the summary.

@@ -18,7 +18,7 @@ from .experiments import experiment_path, load_experiment, source_config, target
 from .jobs import run_parallel
 from .models import model_arguments
 from .report import write_report
-from .run import is_finished, run_training
+from .run import has_result, is_finished, run_training
 from .runfolder import FolderLock, check_experiment_dir, copy_run, read_json, write_json_atomic, write_yaml
 
 LAB = ("ex1", "ex1.2", "ex1.3", "ex2.1")
@@ -195,14 +195,6 @@ def _to_train(experiment: dict[str, Any], pairs: list[tuple[str, TrainConfig]]) 
     return [(label, by_label[label]) for label in experiment["only"]]
 
 
-def _reported(run_dir: Path) -> bool:
-    """Whether another command's run goes into this command's report: finished, and readable."""
-    try:
-        return is_finished(run_dir)
-    except ReslabError:   # a damaged summary: left out here; the command that trains it again says so
-        return False
-
-
 def _training_runs(experiment: dict[str, Any], seeds: int, overrides: dict[str, Any],
                    folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(run folder, result settings) of every run of a training experiment this command trains."""
@@ -266,7 +258,7 @@ def _run_training_experiment(experiment: dict[str, Any], seeds: int, overrides: 
     # With `only`, the report shows the experiment's other finished runs too.
     trained = {config.run_name for config in configs}
     runs = [config.run_name for pairs in pairs_by_seed for _, config in pairs
-            if config.run_name in trained or _reported(config.run_dir)]
+            if config.run_name in trained or has_result(config.run_dir)]
     if "gradient_flow" in experiment.get("analysis", []) and is_main_process():
         data = load_dataset(configs[0].dataset, configs[0].data_dir)   # once for every seed
         flows = [analysis.gradient_flow_at_init(dict(pairs), data) for pairs in pairs_by_seed]

@@ -30,8 +30,10 @@ def test_a_run_folder_is_counted_with_its_own_model_splits_and_epochs(tmp_path):
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"model": "mlp", "dataset": "mnist", "epochs": 50,
                                                      "data_official": True}))
-    (run / "summary.json").write_text(json.dumps({"model": "mlp", "model_args": {"hidden": [128, 64], "dropout": 0.2},
-                                                  "epochs_run": 2, "train_seconds": 4.0}))
+    summary = {"model": "mlp", "model_args": {"hidden": [128, 64], "dropout": 0.2}, "epochs_run": 2,
+               "train_seconds": 4.0, "dataset": "mnist", "seed": 0, "test_accuracy": 0.9, "test_precision": 0.9,
+               "test_loss": 0.3, "best_epoch": 2, "stopped_by": "stagnation"}   # what reslab checks in one
+    (run / "summary.json").write_text(json.dumps(summary))
     (row,) = study_flops.measured_rows(tmp_path)
     _, train_step, forward = study_flops.step_flops("mlp", {}, "mnist", 128)
     per_epoch = train_step / 128 * 54000 + forward * 6000               # 90/10 split of 60,000 images
@@ -53,3 +55,11 @@ def test_another_width_changes_the_conv_nets_only():
     rows = study_flops.run_rows("ex1.2", "full", {"model_args": {"width": 64}})
     (resmlp,) = [r for r in rows if r["run"] == "resmlp"]
     assert resmlp["params"] == study_flops.step_flops("resmlp", {}, "mnist", 128)[0]   # its width is not a conv's
+
+
+def test_a_user_s_mistake_is_one_line_and_exit_2():
+    script = str(REPO / "bench" / "study_flops.py")
+    for args, message in ((["--measured", "rescnn=2.0"], "want MODEL:DEPTH:WIDTH=SECONDS"),
+                          (["--experiments", "ex9"], "error: unknown experiment 'ex9'")):
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
