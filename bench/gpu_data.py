@@ -4,7 +4,9 @@
 The device tool carries at most 64 MiB a call (the repo's working tree included), but the lossless CIFAR packs
 are about 95 MiB each. `stage` (here) splits them into parts, copies MNIST's four .gz files and cifarpack.py beside
 them, writes a manifest (every pack's and part's size and md5) and prints the carry plan: the device calls, each
-with the exact `carry` paths, its size, the command it runs and its timeout_s. `assemble` (there) joins the packs
+with the exact `carry` paths, its size, the command it runs and its timeout_s. Files in STAGE/earlier/ (the
+weights-*.part* files an earlier lease brought back, bench/earlier_runs.py) travel last, for bench/gpu_lab.sh's
+RESLAB_GPU_EARLIER: put them there before staging. `assemble` (there) joins the packs
 whose parts have all arrived, checks their md5, unpacks them with the staged cifarpack.py and copies MNIST.
 
     python bench/gpu_data.py stage [--out .device] [--part-mib N]       # here; prints the carry plan
@@ -160,6 +162,9 @@ def make_plan(manifest: dict[str, Any], stage_rel: str, tree: int, margin_mib: f
         for i, part in enumerate(pack["parts"]):
             items.append((f"{stage_rel}/{part['path']}", part["size"],
                           pack["name"] if i == len(pack["parts"]) - 1 else None))
+    earlier = manifest.get("earlier", [])   # an earlier lease's weights (bench/earlier_runs.py), needed last
+    items += [(f"{stage_rel}/{f['path']}", f["size"], "earlier weights" if i == len(earlier) - 1 else None)
+              for i, f in enumerate(earlier)]
     ends = {path: completes for path, _, completes in items if completes}
     calls = [{"carry": small + [path for path, _ in pieces], "data_bytes": small_bytes + sum(n for _, n in pieces),
               "completes": [ends[path] for path, _ in pieces if path in ends]}
@@ -217,8 +222,10 @@ def stage(out: Path, shared: Path, part_mib: float | None, margin_mib: float,
     tree = tree_bytes(ROOT)
     small_bytes = MANIFEST_BYTES + (shared / "cifar-lossless" / "cifarpack.py").stat().st_size
     mnist_bytes = sum(path.stat().st_size for path in mnist_files)
+    earlier = [{"path": f"earlier/{path.name}", "size": path.stat().st_size}
+               for path in sorted((out / "earlier").glob("*")) if path.is_file()]
     items = [(name, mnist_bytes, False) if name == "mnist" else (name, sources[name].stat().st_size, True)
-             for name in TRAVEL]
+             for name in TRAVEL] + [(f["path"], f["size"], False) for f in earlier]
     cuts = cut_parts(items, call_room(tree, margin_mib, call_mib) - small_bytes, part_max)
     packs = []
     for name in PACKS:
@@ -238,7 +245,7 @@ def stage(out: Path, shared: Path, part_mib: float | None, margin_mib: float,
         "mnist": {"files": mnist, "size": sum(f["size"] for f in mnist)},
         "cifarpack": {"path": "cifarpack.py", "size": (out / "cifarpack.py").stat().st_size,
                       "md5": md5_file(out / "cifarpack.py")},
-        "manifest_bytes": MANIFEST_BYTES}
+        "earlier": earlier, "manifest_bytes": MANIFEST_BYTES}
     try:
         stage_rel = str(out.resolve().relative_to(ROOT))
     except ValueError:
@@ -247,8 +254,9 @@ def stage(out: Path, shared: Path, part_mib: float | None, margin_mib: float,
     text = json.dumps(manifest, indent=1) + "\n"
     assert len(text) <= manifest["manifest_bytes"], "the plan counted too little for manifest.json"
     (out / "manifest.json").write_text(text)
+    weights = f", {len(earlier)} file(s) of an earlier lease's weights from {out / 'earlier'}" if earlier else ""
     print(f"staged in {out} in {time.perf_counter() - start:.1f}s (MNIST {mib(manifest['mnist']['size'])}, "
-          f"cifarpack.py, manifest.json)\n")
+          f"cifarpack.py, manifest.json{weights})\n")
     print(plan_text(manifest["plan"]))
     return manifest
 

@@ -55,18 +55,22 @@
 # lab takes 11-15 minutes: more than one lease's call.
 # IN INSTALMENTS: one lease is unlikely to hold even one seed of the lab (above).
 # RESLAB_GPU_EARLIER=<an earlier lease's runs.tar.gz, committed under bench/results/> takes that lease's finished
-# runs in first (bench/earlier_runs.py: runs cut short, and a seed of ex2.1 not finished with its source rescnn6,
-# are trained again); every step then reuses what is there and trains what is missing, and this lease's
+# runs in first (bench/earlier_runs.py: runs cut short are trained again, and so is a seed of ex2.1 not finished
+# with its source rescnn6, unless that source's weights came along in $RESLAB_GPU_EARLIER_WEIGHTS, default
+# .device/earlier); every step then reuses what is there and trains what is missing, and this lease's
 # runs.tar.gz holds them all.
 # A step left out for lack of time is noted, not counted as a failure. Training stops by RESLAB_GPU_DEADLINE
 # seconds after the start (default 540; runs cut there stop politely and say "interrupted", and are resumable);
 # a step that would start after it is skipped and counted as failed. --smoke runs every step whatever the estimates.
 # Every `reslab run` gets --data-dir DATA --out RUNS --device cuda --wandb disabled (--smoke: --device cpu and
 # 1 epoch, width 8, 100 images, 1 thread).
-# OUT_DIR, rewritten after every step so that a call cut short still returns it, receives at most 6 files (the
-# device tool brings back 8): log.txt, bench.txt (+ bench.json from study_speed.py), timing.md (every run folder,
+# OUT_DIR, rewritten after every step so that a call cut short still returns it, receives at most 8 files (what
+# the device tool brings back): log.txt, bench.txt (+ bench.json from study_speed.py), timing.md (every run folder,
 # all seeds, with the data provenance), reports.md (every experiment's report.md, one after another), runs.tar.gz
-# (every run's summary.json, metrics.jsonl, config.yaml, the reports and figures; no checkpoints).
+# (every run's summary.json, metrics.jsonl, config.yaml, the reports and figures; no checkpoints), and while an
+# ex2.1 seed has not finished but its source rescnn6 has, that network's weights in two parts (bench/earlier_runs.py
+# send): copied into .device/earlier/, they travel to the next lease (bench/gpu_data.py stage carries that folder),
+# which fine-tunes and probes that same network instead of training the source again.
 set -uo pipefail
 SECONDS=0                              # the deadline counts from here (bash would start from an inherited SECONDS)
 
@@ -127,6 +131,8 @@ package() {   # (re)write the results in OUT_DIR from whatever has finished so f
       >> "$out/reports.md.tmp"
   done
   mv "$out/reports.md.tmp" "$out/reports.md"
+  # The weights of a source rescnn6 whose ex2.1 seed has not finished, so that the next lease goes on from them.
+  "$py" "$root/bench/earlier_runs.py" send "$runs" "$out" || say "weights for the next lease: not sent"
   tar czf "$out/runs.tar.gz" -C "$work" --exclude='*.pth' --exclude='wandb' runs
 }
 
@@ -165,14 +171,19 @@ else
 fi
 say "data ready in $data"
 if [ -n "${RESLAB_GPU_EARLIER:-}" ]; then   # earlier leases' finished runs: reused, not trained again
-  say "earlier runs from $RESLAB_GPU_EARLIER (bench/earlier_runs.py)"
-  step "$py" "$root/bench/earlier_runs.py" "$RESLAB_GPU_EARLIER" "$runs"
+  # The weights an unfinished ex2.1 seed needs, where they were carried (--smoke: only where named).
+  weights=${RESLAB_GPU_EARLIER_WEIGHTS:-}
+  [ -n "$weights" ] || [ "$smoke" = 1 ] || weights=$stage/earlier
+  with=(); [ -n "$weights" ] && [ -d "$weights" ] && with=(--weights "$weights")
+  say "earlier runs from $RESLAB_GPU_EARLIER (bench/earlier_runs.py)${with[*]:+, weights from $weights}"
+  step "$py" "$root/bench/earlier_runs.py" take "$RESLAB_GPU_EARLIER" "$runs" ${with[@]+"${with[@]}"}
 fi
 common=(--data-dir "$data" --out "$runs" --device "$device" --wandb disabled ${shrink[@]+"${shrink[@]}"})
 
 # 2. results first: ex2.1 and ex1.3, seed 0 --------------------------------------------------------------------
 # ex2.1 (which trains its source, ex1.3's rescnn6, then probes and fine-tunes it: ~14 PFLOP in one process, and a
-# later lease must redo all of it unless all of it finishes here, bench/earlier_runs.py) runs in the background.
+# later lease must redo all of it unless all of it finishes here or the source's weights go back with OUT_DIR,
+# bench/earlier_runs.py) runs in the background.
 # Beside it, ex1.3's deepest skip-connection pair trains one run at a time, so that ex2.1 keeps half the GPU
 # (runs in separate processes share it by time slices); then the rest of ex1.3, $jobs at a time, in priority
 # order: the pairs deepest first, the Simple CNN last. When the deadline cuts a round, at most jobs + 1 runs are

@@ -233,6 +233,28 @@ def test_the_plan_of_the_real_sizes():
     assert all(f"timeout_s {call['timeout_s']}" in text for call in calls)
 
 
+def test_an_earlier_lease_s_weights_travel_last(shared, tmp_path, capsys):
+    """Files put in STAGE/earlier/ (bench/earlier_runs.py's parts) join the plan after the packs."""
+    tree = int(3.6 * MIB)
+    manifest = staged_manifest({"cifar10": 94.96, "cifar100": 96.15}, 11.06, tree)
+    manifest["earlier"] = [{"path": f"earlier/weights-ex1.3-rescnn6-seed0.part{i}", "size": size}
+                           for i, size in enumerate((15 * MIB, 8 * MIB))]
+    calls = gpu_data.make_plan(manifest, ".device", tree=tree, margin_mib=4)["calls"]
+    # A width-128 rescnn6's 23 MiB still fit the fourth call, which has 33 MiB of CIFAR-100.
+    assert len(calls) == 4 and calls[-1]["command"] == "bash bench/gpu_lab.sh $OUT"
+    assert calls[-1]["carry"][-2:] == [f".device/earlier/weights-ex1.3-rescnn6-seed0.part{i}" for i in (0, 1)]
+    assert calls[-1]["completes"] == ["cifar100", "earlier weights"]
+    assert all(c["total_bytes"] <= 60 * MIB for c in calls)
+    stage = tmp_path / "stage"
+    (stage / "earlier").mkdir(parents=True)
+    (stage / "earlier" / "weights-ex1.3-rescnn6-seed0.part0").write_bytes(b"w" * 500)
+    assert gpu_data.main(["stage", "--out", str(stage), "--shared", str(shared), "--part-mib", str(4000 / MIB)]) == 0
+    assert "1 file(s) of an earlier lease's weights" in capsys.readouterr().out
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["earlier"] == [{"path": "earlier/weights-ex1.3-rescnn6-seed0.part0", "size": 500}]
+    assert manifest["plan"]["calls"][-1]["carry"][-1] == f"{stage}/earlier/weights-ex1.3-rescnn6-seed0.part0"
+
+
 def test_filled_calls_are_the_fewest_as_the_tree_grows():
     sizes = ({"cifar10": 94.96, "cifar100": 96.15}, 11.06)
     counts = {}

@@ -1,6 +1,7 @@
 """bench/gpu_lab.sh --smoke: the GPU script runs every step on the CPU, so it cannot rot between GPU runs."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -83,19 +84,34 @@ def test_gpu_lab_smoke(tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_lab_past_its_deadline_skips_training_and_still_returns_the_log(tmp_path):
     out = tmp_path / "out"
-    earlier = tmp_path / "earlier" / "ex1" / "mlp-seed0"   # an earlier lease's finished run (bench/earlier_runs.py)
-    earlier.mkdir(parents=True)
-    (earlier / "config.yaml").write_text("seed: 0\n")
-    (earlier / "summary.json").write_text(json.dumps({
-        "model": "mlp", "model_args": {}, "dataset": "mnist", "seed": 0, "test_accuracy": 0.9, "test_precision": 0.9,
-        "train_seconds": 1.0, "epochs_run": 3, "best_epoch": 2, "stopped_by": "stagnation", "test_loss": 0.3}))
+    # An earlier lease's finished runs (bench/earlier_runs.py): an MLP, and ex2.1's source with one probe, whose
+    # weights came along (weights.json, and the part in a folder of their own).
+    summary = {"model": "mlp", "model_args": {}, "dataset": "mnist", "seed": 0, "test_accuracy": 0.9,
+               "test_precision": 0.9, "train_seconds": 1.0}
+    trained = {"epochs_run": 3, "best_epoch": 2, "stopped_by": "stagnation", "test_loss": 0.3}
+    for run, fields in (("ex1/mlp-seed0", trained), ("ex1.3/rescnn6-seed0", trained), ("ex2.1/svm-seed0", {})):
+        (tmp_path / "earlier" / run).mkdir(parents=True)
+        (tmp_path / "earlier" / run / "config.yaml").write_text("seed: 0\n")
+        (tmp_path / "earlier" / run / "summary.json").write_text(json.dumps({**summary, **fields}))
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "weights-ex1.3-rescnn6-seed0.part0").write_bytes(b"weights")
+    (tmp_path / "earlier" / "weights.json").write_text(json.dumps({"runs": {"ex1.3/rescnn6-seed0": {
+        "file": "best_model.pth", "bytes": 7, "md5": hashlib.md5(b"weights").hexdigest(),
+        "parts": ["weights-ex1.3-rescnn6-seed0.part0"]}}}))
     env = {**os.environ, "PYTHON": sys.executable, "RESLAB_GPU_DEADLINE": "0",
-           "RESLAB_GPU_EARLIER": str(tmp_path / "earlier"), "RESLAB_GPU_WORK": str(tmp_path / "work")}
+           "RESLAB_GPU_EARLIER": str(tmp_path / "earlier"), "RESLAB_GPU_EARLIER_WEIGHTS": str(tmp_path / "weights"),
+           "RESLAB_GPU_WORK": str(tmp_path / "work")}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_lab.sh"), str(out), "--smoke"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "ex1: 1 run(s) taken in" in proc.stdout         # taken in before any step, whatever the deadline
+    assert "ex1.3: 1 run(s) taken in; with their weights: rescnn6-seed0" in proc.stdout
     assert (tmp_path / "work" / "runs" / "ex1" / "mlp-seed0" / "summary.json").is_file()
+    # Its ex2.1 seed is still unfinished: the weights go back out for the next lease, named in runs.tar.gz.
+    assert (out / "weights-ex1.3-rescnn6-seed0.part0").read_bytes() == b"weights"
+    assert len(list(out.iterdir())) <= 8
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        assert json.load(tar.extractfile("runs/weights.json"))["runs"]["ex1.3/rescnn6-seed0"]["bytes"] == 7
     # Every training step, in order: per seed round, ex2.1 beside ex1.3's other runs (two calls), then ex1.3 over
     # all of them; between the rounds ex1 and ex1.2, after them ex1.3-deep.
     skipped = [line.split("skipped reslab run ")[1].split()[0] for line in proc.stdout.splitlines()
