@@ -234,12 +234,26 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any, indent: str = "") -> str:
+    """JSON indented by two spaces, except that a list of plain values stays on one line."""
+    # A CIFAR-100 confusion matrix then reads one row per line: 100 lines, not 10,000 (and a third of the bytes).
+    inner = indent + "  "
+    if isinstance(obj, dict) and obj:
+        # A key as json.dumps would write it: a string as it is, any other key as its JSON text.
+        items = [f"{inner}{json.dumps(k if isinstance(k, str) else json.dumps(k))}: {json_text(v, inner)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) and v for v in obj):
+        return "[\n" + ",\n".join(inner + json_text(v, inner) for v in obj) + f"\n{indent}]"
+    return json.dumps(obj, allow_nan=False)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temp file and a rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
-        tmp.write_text(json.dumps(finite(obj), indent=2, allow_nan=False))
+        tmp.write_text(json_text(finite(obj)) + "\n")
         os.replace(tmp, path)
 
 
