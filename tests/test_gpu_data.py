@@ -240,7 +240,7 @@ def test_an_earlier_lease_s_weights_travel_last(shared, tmp_path, capsys):
     manifest["earlier"] = [{"path": f"earlier/weights-ex1.3-rescnn6-seed0.part{i}", "size": size}
                            for i, size in enumerate((15 * MIB, 8 * MIB))]
     calls = gpu_data.make_plan(manifest, ".device", tree=tree, margin_mib=4)["calls"]
-    # A width-128 rescnn6's 23 MiB still fit the fourth call, which has 33 MiB of CIFAR-100.
+    # With a 3.6 MiB working tree a width-128 rescnn6's 23 MiB still fit the fourth call (33 MiB of CIFAR-100).
     assert len(calls) == 4 and calls[-1]["command"] == "bash bench/gpu_lab.sh $OUT"
     assert calls[-1]["carry"][-2:] == [f".device/earlier/weights-ex1.3-rescnn6-seed0.part{i}" for i in (0, 1)]
     assert calls[-1]["completes"] == ["cifar100", "earlier weights"]
