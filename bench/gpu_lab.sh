@@ -13,7 +13,7 @@
 # then four device calls, back to back (each within ~30 s of the last reply, or the machine and its parts are gone;
 # a reply with warm: false after call 1: start again at call 1). stage cuts the packs so that each call is filled
 # to 60 MiB before the next begins: four calls while the working tree stays under ~6.5 MiB. Sizes of 2026-12-03
-# (working tree 3.6 MiB):
+# (working tree 4.6 MiB; weights of an earlier lease in .device/earlier/ add a fifth call, see OUT_DIR below):
 #   call 1: 60.0 MiB  timeout_s 120
 #     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar10.npz.part0"]
 #     command: python3 bench/gpu_data.py status .device
@@ -24,7 +24,7 @@
 #   call 3: 60.0 MiB  timeout_s 120
 #     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part1"]
 #     command: python3 bench/gpu_data.py status .device
-#   call 4 (final): 36.6 MiB  timeout_s 600   (this script: waits for CIFAR-10, unpacks CIFAR-100 beside ex1.3)
+#   call 4 (final): 40.8 MiB  timeout_s 600   (this script: waits for CIFAR-10, unpacks CIFAR-100 beside ex1.3)
 #     carry [".device/manifest.json", ".device/cifarpack.py", ".device/parts/cifar100.npz.part2"]
 #     command: bash bench/gpu_lab.sh $OUT
 #     (with less than ~11 minutes of device time left before it: RESLAB_GPU_DEADLINE=<budget_left_s - 120> first)
