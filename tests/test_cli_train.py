@@ -125,6 +125,7 @@ def _items(items) -> dict:
 
 
 def test_wandb_offline_run_holds_the_metrics_and_summary(tiny_data, tmp_path, capsys):
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install -e '.[wandb]')")
     assert _train(tiny_data, tmp_path, "--wandb", "offline", "--epochs", "2") == 0
     run_dir = tmp_path / "mlp-mnist-seed0"
     assert "wandb sync" in capsys.readouterr().out
