@@ -63,7 +63,7 @@ def test_train_writes_the_run_folder(tiny_data, tmp_path, capsys):
     # Readable and small: the confusion matrix one row per line, the rest indented.
     rows = [json.dumps(row) for row in summary["test_confusion_matrix"]]
     assert [line.strip().rstrip(",") for line in text.splitlines() if line.strip().startswith("[")] == rows
-    assert f'\n  "seed": 3,\n' in text
+    assert '\n  "seed": 3,\n' in text
     assert [r["epoch"] for r in records] == list(range(1, summary["epochs_run"] + 1))
     for record in records:
         assert EPOCH_KEYS <= set(record)
