@@ -6,10 +6,10 @@ are about 95 MiB each. `stage` (here) splits them into parts, copies MNIST's fou
 them, writes a manifest (every pack's and part's size and md5) and prints the carry plan: the device calls, each
 with the exact `carry` paths, its size, the command it runs and its timeout_s. Files in STAGE/earlier/ (the
 weights-*.part* files an earlier lease brought back, bench/earlier_runs.py) travel last, for bench/gpu_lab.sh's
-RESLAB_GPU_EARLIER: put them there before staging. `assemble` (there) joins the packs
+RESLAB_GPU_EARLIER: `stage --earlier DIR` puts those of DIR there (and only those). `assemble` (there) joins the packs
 whose parts have all arrived, checks their md5, unpacks them with the staged cifarpack.py and copies MNIST.
 
-    python bench/gpu_data.py stage [--out .device] [--part-mib N]       # here; prints the carry plan
+    python bench/gpu_data.py stage [--out .device] [--part-mib N] [--earlier DIR]   # here; prints the carry plan
     python bench/gpu_data.py plan [--out .device]                       # here; the plan of a staged folder again
     python bench/gpu_data.py status STAGE                               # there: which parts arrived (md5-checked)
     python bench/gpu_data.py assemble STAGE DATA_DIR [--pack NAME ...] [--background LOG]   # there
@@ -207,9 +207,22 @@ def plan_text(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def take_earlier(out: Path, source: Path) -> None:
+    """Make STAGE/earlier/ hold the weights-*.part* files of `source` (an earlier lease's returned files) alone."""
+    parts = sorted(source.glob("weights-*.part*")) if source.is_dir() else []
+    if not parts:
+        raise Refused(f"--earlier {source}: no weights-*.part* files there (the files an earlier lease returned)")
+    shutil.rmtree(out / "earlier", ignore_errors=True)   # another lease's parts would travel for nothing
+    (out / "earlier").mkdir(parents=True)
+    for part in parts:
+        shutil.copyfile(part, out / "earlier" / part.name)
+
+
 def stage(out: Path, shared: Path, part_mib: float | None, margin_mib: float,
-          call_mib: float | None) -> dict[str, Any]:
+          call_mib: float | None, earlier_from: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
+    if earlier_from is not None:
+        take_earlier(out, earlier_from)
     part_max = int(part_mib * MIB) if part_mib is not None else None
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "parts", ignore_errors=True)   # parts of an earlier staging would travel for nothing
@@ -450,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin-mib", type=float, default=4,
                    help="room left free in each call below the tool's 64 MiB (default 4)")
     p.add_argument("--call-mib", type=float, help="what one call may carry in all, instead of 64 - margin")
+    p.add_argument("--earlier", metavar="DIR",
+                   help="an earlier lease's returned files: its weights-*.part* replace STAGE/earlier/'s")
     p = sub.add_parser("plan", help="print the carry plan of a staged folder again")
     p.add_argument("--out", default=str(ROOT / ".device"))
     p = sub.add_parser("status", help="which parts and files are in a stage folder (there)")
@@ -463,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "stage":
-            stage(Path(args.out), Path(args.shared), args.part_mib, args.margin_mib, args.call_mib)
+            stage(Path(args.out), Path(args.shared), args.part_mib, args.margin_mib, args.call_mib,
+                  Path(args.earlier) if args.earlier else None)
             return 0
         if args.command == "plan":
             print(plan_text(read_manifest(Path(args.out))["plan"]))

@@ -69,8 +69,8 @@
 # all seeds, with the data provenance), reports.md (every experiment's report.md, one after another), runs.tar.gz
 # (every run's summary.json, metrics.jsonl, config.yaml, the reports and figures; no checkpoints), and while an
 # ex2.1 seed has not finished but its source rescnn6 has, that network's weights in two parts (bench/earlier_runs.py
-# send): copied into .device/earlier/, they travel to the next lease (bench/gpu_data.py stage carries that folder),
-# which fine-tunes and probes that same network instead of training the source again.
+# send): `bench/gpu_data.py stage --earlier <where they came back>` carries them to the next lease, which
+# fine-tunes and probes that same network instead of training the source again.
 set -uo pipefail
 SECONDS=0                              # the deadline counts from here (bash would start from an inherited SECONDS)
 

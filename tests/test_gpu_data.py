@@ -245,11 +245,18 @@ def test_an_earlier_lease_s_weights_travel_last(shared, tmp_path, capsys):
     assert calls[-1]["carry"][-2:] == [f".device/earlier/weights-ex1.3-rescnn6-seed0.part{i}" for i in (0, 1)]
     assert calls[-1]["completes"] == ["cifar100", "earlier weights"]
     assert all(c["total_bytes"] <= 60 * MIB for c in calls)
-    stage = tmp_path / "stage"
+    stage, returned = tmp_path / "stage", tmp_path / "returned"   # returned: what the lease brought back
     (stage / "earlier").mkdir(parents=True)
-    (stage / "earlier" / "weights-ex1.3-rescnn6-seed0.part0").write_bytes(b"w" * 500)
-    assert gpu_data.main(["stage", "--out", str(stage), "--shared", str(shared), "--part-mib", str(4000 / MIB)]) == 0
+    (stage / "earlier" / "weights-ex1.3-rescnn6-seed1.part0").write_bytes(b"another lease's")
+    returned.mkdir()
+    (returned / "weights-ex1.3-rescnn6-seed0.part0").write_bytes(b"w" * 500)
+    (returned / "log.txt").write_text("not weights\n")
+    args = ["stage", "--out", str(stage), "--shared", str(shared), "--part-mib", str(4000 / MIB)]
+    assert gpu_data.main([*args, "--earlier", str(tmp_path / "shared")]) == 1   # no parts there: one line
+    assert capsys.readouterr().err.startswith("error: --earlier ")
+    assert gpu_data.main([*args, "--earlier", str(returned)]) == 0
     assert "1 file(s) of an earlier lease's weights" in capsys.readouterr().out
+    assert [p.name for p in (stage / "earlier").iterdir()] == ["weights-ex1.3-rescnn6-seed0.part0"]
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["earlier"] == [{"path": "earlier/weights-ex1.3-rescnn6-seed0.part0", "size": 500}]
     assert manifest["plan"]["calls"][-1]["carry"][-1] == f"{stage}/earlier/weights-ex1.3-rescnn6-seed0.part0"
