@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reslab.config import TransferSettings  # noqa: E402
+from reslab.download import md5sum  # noqa: E402
 from reslab.experiments import load_experiment  # noqa: E402
 from reslab.run import has_result  # noqa: E402
 
@@ -71,14 +72,6 @@ def incomplete_transfer(root: Path, experiment: str, run: str) -> bool:
     return not all(has_result(run_dir) for run_dir in [source, *transfers])
 
 
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def restore_weights(root: Path, weights_dir: Path | None, scratch: Path) -> tuple[dict[str, Path], list[str]]:
     """The weights that travelled and arrived whole, joined in `scratch`: {'<experiment>/<run>': file}, and a line
     per weights file that did not."""
@@ -87,8 +80,8 @@ def restore_weights(root: Path, weights_dir: Path | None, scratch: Path) -> tupl
         return {}, []
     restored, problems = {}, []
     for run, entry in sorted(json.loads(listed.read_text())["runs"].items()):
-        parts = [(weights_dir or scratch / "none") / name for name in entry["parts"]]
-        missing = [p.name for p in parts if not p.is_file()]
+        parts = [weights_dir / name for name in entry["parts"]] if weights_dir is not None else []
+        missing = [p.name for p in parts if not p.is_file()] if parts else entry["parts"]
         if missing:
             problems.append(f"weights of {run}: missing {', '.join(missing)}; its transfer seed starts again")
             continue
@@ -97,7 +90,7 @@ def restore_weights(root: Path, weights_dir: Path | None, scratch: Path) -> tupl
             for part in parts:
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out)
-        got = md5_file(joined)
+        got = md5sum(joined)
         if got != entry["md5"]:
             problems.append(f"weights of {run}: md5 {got}, {WEIGHTS_JSON} says {entry['md5']}; "
                             "its transfer seed starts again")
@@ -145,6 +138,9 @@ def seed_number(run_dir: Path) -> int:
 
 def send_weights(runs: Path, out: Path) -> list[str]:
     """Write the weights of the lowest seed's unfinished transfer unit into `out` in parts (see the docstring)."""
+    for folder, what in ((runs, "RUNS_DIR"), (out, "OUT_DIR")):
+        if not folder.is_dir():
+            raise OSError(f"{what} is not a folder")
     lines, listed = [], {}
     for run in sorted((p.parent for p in runs.glob(f"{SOURCE[0]}/{SOURCE[1]}-seed*/best_model.pth")),
                       key=seed_number):
@@ -207,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", type=Path, help="this lease's runs folder")
     p.add_argument("out", type=Path, help="the folder the device tool brings back")
     args = parser.parse_args(argv)
-    where = args.source if args.command == "take" else args.out
     try:
         if args.command == "take":
             take(args.source, args.runs, args.weights)
@@ -216,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
     except (OSError, tarfile.TarError, ValueError, KeyError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]   # tarfile's own message runs to several lines
-        what = "earlier runs from" if args.command == "take" else "weights into"
-        print(f"error: {what} {where}: {reason}", file=sys.stderr)
+        what = f"earlier runs from {args.source}" if args.command == "take" else \
+            f"weights from {args.runs} into {args.out}"
+        print(f"error: {what}: {reason}", file=sys.stderr)
         return 1
     return 0
 

@@ -173,6 +173,10 @@ def test_send_removes_what_is_no_longer_needed_and_refuses_weights_too_large(tmp
     assert capsys.readouterr().out == ("weights of ex1.3/rescnn6-seed0: 0.0 MiB, more than 2 parts of 0 MiB: "
                                        "not sent\n")
     assert sorted(p.name for p in out.iterdir()) == ["log.txt"]
+    for args, wrong in (([tmp_path / "missing", out], "RUNS_DIR"), ([runs, tmp_path / "missing"], "OUT_DIR")):
+        assert earlier_runs.main(["send", *map(str, args)]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: weights from {args[0]} into {args[1]}: {wrong} is not a folder"]
 
 
 def test_a_later_lease_fine_tunes_the_network_an_earlier_one_trained(tmp_path, tiny_data, capsys):
