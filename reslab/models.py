@@ -33,14 +33,20 @@ def model_arguments(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params}
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered model; unknown keyword arguments are a one-line error naming the valid ones."""
-    builder = _builder(name)
+def check_model(name: str, kwargs: dict[str, Any]) -> dict[str, object]:
+    """Raise ConfigError for an unknown model or argument name (values are checked by the builder); return its
+    arguments with their defaults. Cheap, so a run checks it before it reads any data."""
     valid = model_arguments(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ConfigError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes: {', '.join(valid)}")
-    model = builder(tuple(input_shape), num_classes, **kwargs)
+    return valid
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """Build a registered model; an unknown name or keyword argument is a one-line error naming the valid ones."""
+    valid = check_model(name, kwargs)
+    model = _builder(name)(tuple(input_shape), num_classes, **kwargs)
     # Recorded in checkpoints. setattr: nn.Module's typed __setattr__ takes only tensors and modules.
     setattr(model, "reslab_spec", {"name": name, "args": {**valid, **kwargs}})  # noqa: B010
     return model

@@ -15,7 +15,7 @@ from .early_stopping import StopReason
 from .errors import ReslabError
 from .evaluate import evaluate
 from .loader import Loaders, TensorLoader, make_loaders
-from .models import build_model, model_spec
+from .models import build_model, check_model, model_spec
 from .runfolder import FolderLock, RunFolder, check_run_dir, finite, read_json
 from .tracking import Tracker, wandb_tracker
 from .train import History, train_model
@@ -155,6 +155,7 @@ def run_training(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
 def _train_and_test(config: TrainConfig, run_dir: Path, lock: FolderLock, resume_state: dict[str, Any] | None,
                     overwrite: bool, tracker: Tracker | None, console: bool, main_process: bool) -> dict[str, Any]:
     """run_training once the folder is checked: build everything, then write, train, test and summarize."""
+    check_model(config.model, config.model_args)   # a mistyped model is named before any data is read or fetched
     seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
     if device.type == "cpu":

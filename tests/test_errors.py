@@ -132,6 +132,18 @@ def test_depth_below_one(data, tmp_path, capsys):
     assert "depth must be an integer in [1, 1000]" in err
 
 
+@pytest.mark.parametrize("extra, words", [(["--model", "resnet50"], "unknown model 'resnet50'"),
+                                          (["--blocks", "3"], "takes no argument blocks")])
+def test_a_model_mistake_is_named_before_the_data_is_looked_for(tmp_path, capsys, extra, words):
+    empty = tmp_path / "empty"   # no dataset here: reading it would fail, or try a download, first
+    empty.mkdir()
+    argv = _run(empty, tmp_path / "runs")
+    if "--model" in extra:
+        del argv[argv.index("--model"):argv.index("--model") + 2]
+    err = _fails_cleanly(argv + extra, capsys, tmp_path)
+    assert words in err and "download" not in err and "not found" not in err
+
+
 def test_unknown_model_argument(data, tmp_path, capsys):
     err = _fails_cleanly(_run(data, tmp_path / "runs", "--blocks", "3"), capsys, tmp_path)
     assert "takes no argument blocks" in err
