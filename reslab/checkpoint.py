@@ -158,15 +158,18 @@ def commit_best(run_dir: Path) -> None:
         os.replace(run_dir / STAGED_BEST, run_dir / "best_model.pth")
 
 
-def recover_best(run_dir: Path, best_epoch: int) -> dict[str, torch.Tensor]:
-    """The weights of last.pth's best epoch, finishing or undoing a best checkpoint that a kill cut short."""
+def recover_best(run_dir: Path, best_epoch: int) -> dict[str, torch.Tensor] | None:
+    """The weights of last.pth's best epoch (None before one), finishing or undoing a best checkpoint that a kill
+    cut short."""
     staged = run_dir / STAGED_BEST
     if staged.is_file():
         # Killed after staging: last.pth names the staged epoch only if it was written too.
-        if read_checkpoint(staged).get("epoch") == best_epoch:
+        if best_epoch > 0 and read_checkpoint(staged).get("epoch") == best_epoch:
             commit_best(run_dir)
         else:
             staged.unlink()
+    if best_epoch == 0:
+        return None
     path = run_dir / "best_model.pth"
     if not path.is_file():
         raise ReslabError(f"cannot resume: {path} (the weights of epoch {best_epoch}) is missing")

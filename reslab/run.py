@@ -67,8 +67,7 @@ def read_resume_state(run_dir: Path) -> dict[str, Any]:
     if not isinstance(state.get("config"), dict):
         raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} holds no settings (config); it was changed by hand")
     check_same_run(run_dir, state["config"])
-    if state["best_epoch"] > 0:
-        recover_best(run_dir, state["best_epoch"])
+    recover_best(run_dir, state["best_epoch"])   # its best checkpoint is checked before anything is written
     return state
 
 
@@ -241,7 +240,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -
         print(f"stopped: the training loss became NaN or infinite at {summary['nan_at']}; the learning rate "
               f"(lr={config.lr}) is the likely cause; {kept}", flush=True)
     elif summary["stopped_by"] == StopReason.INTERRUPTED:
-        print("stopped: interrupted; continue with: reslab resume " + str(run_dir), flush=True)
+        tested = "" if summary["best_epoch"] > 0 else " (no epoch had improved, so the test used the initial weights)"
+        print(f"stopped: interrupted; continue with: reslab resume {run_dir}{tested}", flush=True)
     print(f"test loss {summary['test_loss']:.4f}  accuracy {100 * summary['test_accuracy']:.2f}%  "
           f"precision {100 * summary['test_precision']:.2f}%  ({summary['epochs_run']} epochs, best "
           f"{summary['best_epoch']}, stopped by {summary['stopped_by']}, {summary['train_seconds']:.1f}s)", flush=True)

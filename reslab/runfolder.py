@@ -167,12 +167,16 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Fail early, before any work, if the run folder cannot be used as asked."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ReslabError(f"{run_dir} is a file, not a folder")
-    if resume and not (run_dir / "last.pth").is_file():
-        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
+    if resume and not run_dir.is_dir():
+        raise ReslabError(f"cannot resume: {run_dir} does not exist")
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
-    if not resume and entries and not is_reslab_folder(run_dir):
+    if entries and not is_reslab_folder(run_dir):
         raise ReslabError(f"{run_dir} holds files that are not a reslab run; choose another --out or --name "
                           "(reslab never deletes them, --overwrite included)")
+    if resume and not (run_dir / "last.pth").is_file():
+        # A run writes last.pth before its first epoch: without one it stopped while it was still being set up.
+        raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} does not exist (the run stopped before training "
+                          "began); start it again with --overwrite")
     if not resume and not overwrite and entries:
         raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
                           "replace it, or --name for a new one")

@@ -34,7 +34,7 @@ def say(message: str) -> None:
 
 
 def _started(run_dir: Path) -> bool:
-    """Whether a run folder holds a run that finished an epoch (its settings then decide whether it is reused)."""
+    """Whether a run folder holds a run that began training (its settings then decide whether it is reused)."""
     return (run_dir / "config.yaml").is_file() and (
         (run_dir / "summary.json").is_file() or (run_dir / "last.pth").is_file())
 
@@ -97,7 +97,8 @@ def train_run(config: TrainConfig, overwrite: bool) -> dict[str, Any]:
         where = {k: v for k, v in config.to_dict().items() if k in RUN_LOCATORS or k.startswith("wandb")}
         copy_run(source, run_dir, {**saved, **where, "copied_from": str(source)})
         return read_json(run_dir / "summary.json")
-    # A folder without summary or last.pth holds no finished epoch: nothing is lost by replacing it.
+    # A folder without summary or last.pth died while being set up, before training began: nothing is lost by
+    # replacing it.
     return run_training(config, overwrite=True if run_dir.exists() else overwrite)
 
 

@@ -121,7 +121,6 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
     run_dir = Path(run_dir) if run_dir is not None else None
     meta = dict(checkpoint_meta or {})
     first_epoch = 1
-    best_state = copy.deepcopy(model.state_dict())
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -133,15 +132,22 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
         history.best_epoch = resume["best_epoch"]
         history.train_seconds = resume["train_seconds"]
         first_epoch = resume["epoch"] + 1
-        if history.best_epoch > 0 and run_dir is not None:
-            # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch).
-            best_state = recover_best(run_dir, history.best_epoch)
+    # best_model.pth holds the best weights; last.pth does not repeat them (it is written every epoch). Before an
+    # epoch has improved, the best weights are those training starts from.
+    recovered = recover_best(run_dir, history.best_epoch) if resume is not None and run_dir is not None else None
+    best_state = recovered if recovered is not None else copy.deepcopy(model.state_dict())
     step_model = distributed.wrap(model) if distributed is not None else model
     if config.compile:
         step_model = torch.compile(step_model)
     grad_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     step = make_step(step_model, optimizer, config, device, grad_params if config.log_grad_norms else None, graphs)
     stopped_by = StopReason.MAX_EPOCHS
+    if run_dir is not None and resume is None:
+        # The state before epoch 1 (weights, RNG, batch order): a run stopped or killed in its first epoch resumes
+        # as any other, instead of leaving a folder that can be neither resumed nor reused.
+        initial = checkpoint_dict(model, meta, config, {"epoch": 0, "val_loss": None, "val_accuracy": None})
+        save_atomic(last_checkpoint(initial, optimizer, stopper, train, history, meta.get("wandb_id")),
+                    run_dir / "last.pth")
 
     with StopSignals() as signals:
         for epoch in range(first_epoch, config.epochs + 1):

@@ -76,6 +76,11 @@ def test_the_first_error_stops_new_runs_and_is_raised(capfd):
     assert "started t6" not in out       # and nothing new started after the failure
 
 
+def _epochs_logged(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
 @pytest.mark.parametrize("sig, send", [(signal.SIGINT, os.killpg), (signal.SIGTERM, os.kill)],
                          ids=["ctrl-c to the group", "kill PID"])
 def test_a_signal_stops_every_run_politely(tmp_path, tiny_data, sig, send):
@@ -87,7 +92,8 @@ def test_a_signal_stops_every_run_politely(tmp_path, tiny_data, sig, send):
                             start_new_session=True)
     folders = [tmp_path / "ex1" / f"mlp-seed{seed}" for seed in (0, 1)]
     deadline = time.time() + 120
-    while time.time() < deadline and not all((d / "last.pth").is_file() for d in folders):
+    # Both runs have finished an epoch (last.pth is there from the start, metrics.jsonl gets a line per epoch).
+    while time.time() < deadline and not all(_epochs_logged(d) for d in folders):
         time.sleep(0.05)
     send(proc.pid, sig)   # as Ctrl-C in a terminal (or `timeout`: the group), or `kill PID` (the parent alone)
     out, err = proc.communicate(timeout=120)

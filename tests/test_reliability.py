@@ -55,26 +55,29 @@ def reference_run(tiny_data, tmp_path_factory) -> Path:
     return out / "ref"
 
 
-KILL_MID_EPOCH = """
+def kill_mid_epoch(epoch: int) -> str:
+    """A patch that SIGKILLs the run at the third batch of this training epoch."""
+    return f"""
 original = reslab.loader.TensorLoader.__iter__
-state = {"epoch": 0}
+state = {{"epoch": 0}}
 def iterate(self):
     if self.shuffle:
         state["epoch"] += 1
     for i, batch in enumerate(original(self)):
-        if self.shuffle and state["epoch"] == 3 and i == 2:
+        if self.shuffle and state["epoch"] == {epoch} and i == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         yield batch
 reslab.loader.TensorLoader.__iter__ = iterate
 """
 
+
+KILL_MID_EPOCH = kill_mid_epoch(3)
+
 KILL_MID_CHECKPOINT = """
 original = torch.save
-calls = {"last": 0}
 def save(obj, f, *a, **k):
     if isinstance(obj, dict) and "history" in obj:   # last.pth, not best_model.pth
-        calls["last"] += 1
-        if calls["last"] == 3:   # third epoch's last.pth: write half of it, then die
+        if obj["epoch"] == 3:   # third epoch's last.pth: write half of it, then die
             import io
             buf = io.BytesIO(); original(obj, buf, *a, **k)
             f.write(buf.getvalue()[: len(buf.getvalue()) // 2]); f.flush()
@@ -95,18 +98,21 @@ reslab.checkpoint.torch.save = save
 """
 
 
-# Mid-checkpoint, epoch 3 was already logged to metrics.jsonl when its last.pth write died.
+# Mid-checkpoint, epoch 3 was already logged to metrics.jsonl when its last.pth write died. In the first epoch
+# nothing is logged yet: last.pth holds the state training started from.
 @pytest.mark.slow   # a child process
-@pytest.mark.parametrize("patch, logged", [(KILL_MID_EPOCH, 2), (KILL_MID_CHECKPOINT, 3)],
-                         ids=["mid-epoch", "mid-checkpoint"])
-def test_sigkill_then_resume_matches_uninterrupted(tiny_data, tmp_path, reference_run, patch, logged):
+@pytest.mark.parametrize("patch, logged, saved", [(KILL_MID_EPOCH, 2, 2), (KILL_MID_CHECKPOINT, 3, 2),
+                                                  (kill_mid_epoch(1), 0, 0)],
+                         ids=["mid-epoch", "mid-checkpoint", "first-epoch"])
+def test_sigkill_then_resume_matches_uninterrupted(tiny_data, tmp_path, reference_run, patch, logged, saved):
     rc = _run_killed(tiny_data, tmp_path, "run", patch)
     assert rc == -signal.SIGKILL
     run_dir = tmp_path / "run"
     assert len(_metrics(run_dir)) == logged
     last = read_checkpoint(run_dir / "last.pth")            # the file on disk always loads
-    assert last["epoch"] == 2
-    load_checkpoint(run_dir / "best_model.pth")
+    assert last["epoch"] == saved
+    if saved:
+        load_checkpoint(run_dir / "best_model.pth")
     assert main(["resume", str(run_dir)]) == 0
     assert _metrics(run_dir) == _metrics(reference_run)
     assert _summary(run_dir) == _summary(reference_run)
@@ -138,6 +144,57 @@ def test_kill_between_the_checkpoints_then_ctrl_c_in_the_rerun_epoch(tiny_data, 
     tested = evaluate_checkpoint(run_dir / "best_model.pth", data_dir=str(tiny_data), device="cpu")
     assert tested["accuracy"] == summary["test_accuracy"]
     assert tested["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+def _ctrl_c_in_the_first_epoch(monkeypatch) -> None:
+    """Ctrl-C at the third batch of the first training epoch (once: a rerun in this process trains on)."""
+    original = reslab.loader.TensorLoader.__iter__
+    sent = []
+
+    def iterate(self):
+        for i, batch in enumerate(original(self)):
+            if self.shuffle and i == 2 and not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(reslab.loader.TensorLoader, "__iter__", iterate)
+
+
+def test_ctrl_c_in_the_first_epoch_then_resume_matches_uninterrupted(tiny_data, tmp_path, reference_run,
+                                                                      monkeypatch, capsys):
+    _ctrl_c_in_the_first_epoch(monkeypatch)
+    run_dir = tmp_path / "run"
+    assert main(TRAIN + ["--data-dir", str(tiny_data), "--out", str(tmp_path), "--name", "run"]) == 130
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_by"] == "interrupted" and summary["epochs_run"] == summary["best_epoch"] == 0
+    out = capsys.readouterr().out
+    assert f"continue with: reslab resume {run_dir}" in out and "the test used the initial weights" in out
+    assert read_checkpoint(run_dir / "last.pth")["epoch"] == 0
+    assert main(["resume", str(run_dir)]) == 0
+    assert _metrics(run_dir) == _metrics(reference_run)
+    assert _summary(run_dir) == _summary(reference_run)
+
+
+def test_a_study_rerun_resumes_a_run_stopped_in_its_first_epoch(tiny_data, tmp_path, monkeypatch, capsys):
+    _ctrl_c_in_the_first_epoch(monkeypatch)
+    argv = ["run", "ex1", *EARLY, "--data-dir", str(tiny_data), "--out", str(tmp_path)]
+    run_dir = tmp_path / "ex1" / "mlp-seed0"
+    assert main(argv) == 130
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"resuming {run_dir}" in capsys.readouterr().out
+    assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] == "stagnation"
+
+
+def test_resume_without_last_pth_says_how_to_start_again(tiny_data, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: mlp\n")   # killed while the run was being set up
+    assert main(["resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "last.pth does not exist (the run stopped before training began)" in err and "--overwrite" in err
+    assert main(["resume", str(tmp_path / "nowhere")]) == 2
+    assert f"cannot resume: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow   # a child process
