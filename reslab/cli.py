@@ -203,8 +203,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     overrides = overrides_from(args)
     for key in ("seeds", "profile", "overwrite", "jobs"):
         overrides.pop(key, None)
-    run_lab(seeds=args.seeds, profile=args.profile, overrides=overrides, overwrite=args.overwrite, jobs=args.jobs)
-    return 0
+    result = run_lab(seeds=args.seeds, profile=args.profile, overrides=overrides, overwrite=args.overwrite,
+                     jobs=args.jobs)
+    return 0 if all(r["status"] == "done" for r in result["results"]) else 1   # as `reslab run` does
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -272,7 +273,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     reuse = ("A finished run with the same settings is reused, in this experiment's folder or copied from another "
              "experiment's beside it (same --out): ex1.2's MLP runs are ex1's. An interrupted run is resumed. Each "
-             "experiment folder gets report.md with the lab's tables, figures and findings.")
+             "experiment folder gets report.md with the lab's tables, figures and findings. Exit status 1 when an "
+             "experiment was not run (e.g. its data is missing and cannot be downloaded; the others still run).")
     for name, func, helptext in (("run", cmd_run, "run one experiment (a shipped name or a YAML file)"),
                                  ("lab", cmd_lab, "run the four reference exercises in order, then the report")):
         p = command(name, help=helptext, description=f"{helptext[0].upper()}{helptext[1:]}. {reuse}")

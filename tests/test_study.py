@@ -272,6 +272,12 @@ def test_lab_runs_the_exercises_in_order_and_reports_a_missing_dataset(lab):
     assert "ex1.3/figures/accuracy_vs_depth.png" in report
 
 
+@pytest.mark.parametrize("statuses, code", [(["done", "done"], 0), (["done", "not run"], 1)])
+def test_reslab_lab_exits_1_when_an_exercise_was_not_run(monkeypatch, statuses, code):
+    monkeypatch.setattr(study, "run_lab", lambda **kwargs: {"results": [{"status": s} for s in statuses]})
+    assert main(["lab", "--profile", "quick"]) == code
+
+
 @pytest.mark.filterwarnings("ignore:The number of unique classes")   # tiny CIFAR-100: one image per class
 def test_ex2_1_reuses_the_lab_s_ex1_3_network(lab, tiny_data):
     _, folder = lab
