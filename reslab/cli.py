@@ -141,7 +141,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .datasets import UNCHECKED, layout_to_read, list_datasets, load_dataset, resolve_data_dir, verify_dataset
+    from .datasets import (
+        UNCHECKED,
+        get_spec,
+        layout_to_read,
+        list_datasets,
+        load_dataset,
+        resolve_data_dir,
+        verify_dataset,
+    )
     names = args.dataset or list_datasets()
     if args.action == "download":
         for name in names:
@@ -161,6 +169,10 @@ def cmd_data(args: argparse.Namespace) -> int:
                   else f"{name:13s} {status}  {path}{mark}")
             if read and status != UNCHECKED:   # class-name files without an official md5 do not count
                 all_official &= status == "official"
+        if layout is None:
+            folders = " or ".join(f"{lay.folder}/" for lay in get_spec(name).layouts)
+            print(f"{name:13s} no complete copy in {folders}: `reslab data download --dataset {name}` fetches the "
+                  "official release")
     return 0 if all_official else 1
 
 

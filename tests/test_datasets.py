@@ -608,7 +608,9 @@ def test_data_verify_exit_code_follows_the_layout_read(tiny_binary_data, tmp_pat
     capsys.readouterr()
     assert main(["data", "verify", "--data-dir", str(tmp_path), "--dataset", "cifar100"]) == 1   # nothing there
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and all(" missing " in line and "read by" not in line for line in lines)
+    assert len(lines) == 4 and all(" missing " in line and "read by" not in line for line in lines[:3])
+    assert lines[3] == ("cifar100      no complete copy in cifar-100-python/: "   # the one layout left here
+                        "`reslab data download --dataset cifar100` fetches the official release")
 
 
 # ---------------------------------------------------------------- names and folders
