@@ -72,11 +72,15 @@ def read_resume_state(run_dir: Path) -> dict[str, Any]:
 
 
 def check_same_run(run_dir: Path, saved: dict[str, Any]) -> None:
-    """A last.pth whose settings are not those config.yaml recorded is another run's (copied in): refused."""
+    """A last.pth whose settings are not those config.yaml recorded is another run's (copied in): refused; so is a
+    transfer run's folder."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
     recorded = load_yaml(path)
+    if "method" in recorded:   # written by transfer.finetune, which trains in its own way (new head, phases)
+        raise ReslabError(f"cannot resume: {run_dir} is a transfer run ({recorded['method']}), and those are not "
+                          "resumed; run its experiment again (`reslab run NAME`, same --out) to train it anew")
     # Compared as written: config.yaml holds lists where the checkpoint may hold tuples.
     differ = [key for key in RESULT_KEYS if key in recorded and key in saved and recorded[key] != finite(saved[key])]
     if differ:
@@ -241,7 +245,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -
               f"(lr={config.lr}) is the likely cause; {kept}", flush=True)
     elif summary["stopped_by"] == StopReason.INTERRUPTED:
         tested = "" if summary["best_epoch"] > 0 else " (no epoch had improved, so the test used the initial weights)"
-        print(f"stopped: interrupted; continue with: reslab resume {run_dir}{tested}", flush=True)
+        again = ("running its experiment again trains it anew (transfer runs are not resumed)" if "method" in summary
+                 else f"continue with: reslab resume {run_dir}")
+        print(f"stopped: interrupted; {again}{tested}", flush=True)
     print(f"test loss {summary['test_loss']:.4f}  accuracy {100 * summary['test_accuracy']:.2f}%  "
           f"precision {100 * summary['test_precision']:.2f}%  ({summary['epochs_run']} epochs, best "
           f"{summary['best_epoch']}, stopped by {summary['stopped_by']}, {summary['train_seconds']:.1f}s)", flush=True)

@@ -142,6 +142,42 @@ def test_a_user_transfer_file_can_name_any_checkpoint(fashion, tmp_path):
     assert "| knn (k nearest neighbours" in Path(result["report"]).read_text()
 
 
+def test_an_interrupted_fine_tuning_says_how_to_go_on_and_reslab_resume_refuses_it(fashion, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Fine-tuning is trained anew by its experiment, not resumed: the console and `reslab resume` both say so."""
+    import os
+    import signal
+
+    import reslab.loader
+    from reslab.cli import main
+    _, folder, data = fashion
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"kind: transfer\nsource: {{checkpoint: {folder / 'source-rescnn3-seed0' / 'best_model.pth'}}}\n"
+                    "train: {dataset: fashionmnist}\ntransfer: {methods: [finetune]}\n")
+    original = reslab.loader.TensorLoader.__iter__
+
+    def iterate(self):
+        for i, batch in enumerate(original(self)):
+            if self.shuffle and i == 0:   # Ctrl-C in the first fine-tuning epoch (its one batch)
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(reslab.loader.TensorLoader, "__iter__", iterate)
+    argv = ["run", str(path), "--epochs", "1", "--wandb", "disabled", "--train-subset", "100", "--data-dir", str(data),
+            "--out", str(tmp_path / "runs")]
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    assert "stopped: interrupted; running its experiment again trains it anew (transfer runs are not resumed)" in out
+    assert "reslab resume" not in out
+    run_dir = tmp_path / "runs" / "mine" / "finetune-seed0"
+    assert main(["resume", str(run_dir)]) == 2
+    assert (f"cannot resume: {run_dir} is a transfer run (finetune), and those are not resumed; run its experiment "
+            "again") in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(argv) == 0   # the experiment again: trained anew
+    assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] != "interrupted"
+
+
 @pytest.mark.filterwarnings("ignore:The number of unique classes")   # tiny CIFAR-100: one image per class
 def test_ex2_1_trains_the_ex1_3_network_when_it_is_absent(tiny_data, tmp_path):
     result = study.run_experiment("ex2.1", overrides={"epochs": 1, "wandb": "disabled", "data_dir": str(tiny_data),
