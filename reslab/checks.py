@@ -1,7 +1,10 @@
-"""The one validator for numbers a user gives: settings, model arguments, command-line counts."""
+"""The one validator for numbers a user gives (settings, model arguments, command-line counts), and the closest
+valid name for one mistyped."""
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import ConfigError
@@ -45,3 +48,9 @@ def _range(minimum: float | None, maximum: float | None, above: float | None = N
 
 def _text(bound: float | None) -> str:
     return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the valid name closest to a mistyped one, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

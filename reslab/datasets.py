@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import did_you_mean
 from .download import extract_tar, fetch, md5sum
 from .errors import DataError
 
@@ -164,7 +165,8 @@ def get_spec(name: str) -> DatasetSpec:
     """The spec of a dataset by name, or a one-line error listing the valid names."""
     key = str(name).lower().replace("-", "").replace("_", "")   # str(): a YAML file may hold `dataset: 10`
     if key not in SPECS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(key, SPECS)}; choose one of: "
+                        f"{', '.join(list_datasets())}")
     return SPECS[key]
 
 

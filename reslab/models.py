@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_int, check_number
+from .checks import check_int, check_number, did_you_mean
 from .errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -39,7 +39,8 @@ def check_model(name: str, kwargs: dict[str, Any]) -> dict[str, object]:
     valid = model_arguments(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ConfigError(f"model {name!r} takes no argument {', '.join(unknown)}; it takes: {', '.join(valid)}")
+        raise ConfigError(f"model {name!r} takes no argument {', '.join(unknown)}{did_you_mean(unknown[0], valid)}; "
+                          f"it takes: {', '.join(valid)}")
     return valid
 
 
@@ -59,7 +60,8 @@ def model_spec(model: nn.Module) -> dict[str, Any] | None:
 
 def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; choose one of: "
+                          f"{', '.join(list_models())}")
     return _REGISTRY[name]
 
 

@@ -109,6 +109,7 @@ def test_wrong_cifar_shape(data, tmp_path, capsys):
 @pytest.mark.parametrize("flag, value, words", [
     ("--model", "resnet50", "unknown model 'resnet50'; choose one of: cnn, mlp, noskipcnn, rescnn, resmlp"),
     ("--dataset", "imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, cifar100, fashionmnist, mnist"),
+    ("--dataset", "mnsit", "unknown dataset 'mnsit' (did you mean 'mnist'?); choose one of: cifar10"),
     ("--lr", "0", "lr must be a number > 0"),
     ("--lr", "-1e-3", "lr must be a number > 0"),
     ("--batch-size", "0", "batch_size must be an integer in [1, 1048576]"),
@@ -133,7 +134,8 @@ def test_depth_below_one(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, words", [(["--model", "resnet50"], "unknown model 'resnet50'"),
-                                          (["--blocks", "3"], "takes no argument blocks")])
+                                          (["--blocks", "3"], "takes no argument blocks"),
+                                          (["--model", "rescn"], "unknown model 'rescn' (did you mean 'rescnn'?)")])
 def test_a_model_mistake_is_named_before_the_data_is_looked_for(tmp_path, capsys, extra, words):
     empty = tmp_path / "empty"   # no dataset here: reading it would fail, or try a download, first
     empty.mkdir()
@@ -142,6 +144,15 @@ def test_a_model_mistake_is_named_before_the_data_is_looked_for(tmp_path, capsys
         del argv[argv.index("--model"):argv.index("--model") + 2]
     err = _fails_cleanly(argv + extra, capsys, tmp_path)
     assert words in err and "download" not in err and "not found" not in err
+
+
+def test_a_mistyped_model_argument_in_a_config_file_names_the_closest(data, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: rescnn\nmodel_args: {depht: 2}\n")
+    argv = _run(data, tmp_path / "runs", "--config", str(cfg))
+    del argv[argv.index("--model"):argv.index("--model") + 2]   # the file names the model
+    err = _fails_cleanly(argv, capsys, tmp_path)
+    assert "model 'rescnn' takes no argument depht (did you mean 'depth'?); it takes: depth, width" in err
 
 
 def test_unknown_model_argument(data, tmp_path, capsys):
