@@ -63,9 +63,8 @@ def in_unit(experiment: str, run: str) -> str | None:
     return seed if (experiment, label) == SOURCE or experiment == TRANSFER[0] else None
 
 
-def incomplete_transfer(root: Path, experiment: str, run: str) -> bool:
-    """Whether this run is the source or a run of a transfer seed not all of whose runs have finished."""
-    seed = in_unit(experiment, run)
+def incomplete_unit(root: Path, seed: str | None) -> bool:
+    """Whether the transfer unit of this seed (None: no unit) has a run that has not finished."""
     if seed is None:
         return False
     source, transfers = unit(root, seed)
@@ -111,7 +110,7 @@ def take_in(root: Path, runs: Path, weights_dir: Path | None, scratch: Path) -> 
             weights = restored.get(f"{SOURCE[0]}/{source.name}") if source is not None else None
             if not has_result(run):
                 cut.append(run.name)
-            elif incomplete_transfer(root, exp.name, run.name) and not (weights and has_result(source)):
+            elif incomplete_unit(root, seed) and not (weights and has_result(source)):
                 needed.append(run.name)
             elif dest.exists():
                 kept.append(run.name)
@@ -144,7 +143,7 @@ def send_weights(runs: Path, out: Path) -> list[str]:
     lines, listed = [], {}
     for run in sorted((p.parent for p in runs.glob(f"{SOURCE[0]}/{SOURCE[1]}-seed*/best_model.pth")),
                       key=seed_number):
-        if not has_result(run) or not incomplete_transfer(runs, SOURCE[0], run.name):
+        if not has_result(run) or not incomplete_unit(runs, in_unit(SOURCE[0], run.name)):
             continue
         name, data = f"{SOURCE[0]}/{run.name}", (run / "best_model.pth").read_bytes()
         if len(data) > PART_BYTES * MAX_PARTS:

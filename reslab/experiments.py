@@ -10,7 +10,7 @@ import torch
 from .config import TrainConfig, TransferSettings, check_keys, load_yaml
 from .datasets import DatasetSpec, get_spec
 from .errors import ConfigError, DataError
-from .models import build_model, list_models, model_arguments
+from .models import build_model, check_model, list_models, model_arguments
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 PROFILES = ("quick", "full")
@@ -135,11 +135,11 @@ def _check_model(config: TrainConfig, where: str) -> None:
 def _check_model_entry(entry: Any, source: str) -> None:
     entry = _check_mapping(entry, f"{source}: each entry of `models`")
     check_keys(entry, list(MODEL_KEYS), f"{source}: models")
-    if entry.get("model") not in list_models():
-        raise ConfigError(f"{source}: unknown model {entry.get('model')!r}; choose one of: {', '.join(list_models())}")
-    valid = list(model_arguments(entry["model"]))
-    check_keys(_check_mapping(entry.get("model_args", {}), f"{source}: model_args"), valid,
-               f"{source}: model_args of {entry['model']}")
+    model_args = _check_mapping(entry.get("model_args", {}), f"{source}: model_args")
+    try:
+        valid = check_model(entry.get("model"), model_args)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     depths = entry.get("depths")
     if depths is not None:
         if "depth" not in valid:

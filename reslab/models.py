@@ -37,7 +37,7 @@ def check_model(name: str, kwargs: dict[str, Any]) -> dict[str, object]:
     """Raise ConfigError for an unknown model or argument name (values are checked by the builder); return its
     arguments with their defaults. Cheap, so a run checks it before it reads any data."""
     valid = model_arguments(name)
-    unknown = sorted(set(kwargs) - set(valid))
+    unknown = sorted(str(key) for key in kwargs if key not in valid)   # str: a YAML file may hold `{1: 2}`
     if unknown:
         raise ConfigError(f"model {name!r} takes no argument {', '.join(unknown)}{did_you_mean(unknown[0], valid)}; "
                           f"it takes: {', '.join(valid)}")
@@ -59,7 +59,7 @@ def model_spec(model: nn.Module) -> dict[str, Any] | None:
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:   # a YAML file may hold `model: [a]`
         raise ConfigError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; choose one of: "
                           f"{', '.join(list_models())}")
     return _REGISTRY[name]

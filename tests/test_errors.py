@@ -155,6 +155,13 @@ def test_a_mistyped_model_argument_in_a_config_file_names_the_closest(data, tmp_
     assert "model 'rescnn' takes no argument depht (did you mean 'depth'?); it takes: depth, width" in err
 
 
+def test_a_model_argument_that_is_no_name_is_a_one_line_error(data, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model_args: {1: 2}\n")   # a YAML key that is a number
+    err = _fails_cleanly(_run(data, tmp_path / "runs", "--config", str(cfg)), capsys, tmp_path)
+    assert "model 'mlp' takes no argument 1; it takes: hidden, dropout" in err
+
+
 def test_unknown_model_argument(data, tmp_path, capsys):
     err = _fails_cleanly(_run(data, tmp_path / "runs", "--blocks", "3"), capsys, tmp_path)
     assert "takes no argument blocks" in err

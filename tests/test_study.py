@@ -103,6 +103,8 @@ def test_unknown_key_names_the_closest_one(tmp_path):
     ("models:\n  - model: mlp\nprofiles:\n  fast: {}\n", "unknown profile 'fast'"),
     ("models:\n  - model: mlp\n    depths: [2]\n", "has no depth"),
     ("models:\n  - model: resnet\n", "unknown model 'resnet'"),
+    ("models:\n  - model: [mlp]\n", r"unknown model \['mlp'\]"),
+    ("models:\n  - model: mlp\n    model_args: {1: 2}\n", "model 'mlp' takes no argument 1"),
     ("models:\n  - model: cnn\n    depths: [2, 0]\n", "depths must be a list of positive integers"),
     ("models:\n  - model: mlp\n    model_args: {dropout: 1.5}\n",
      r"mine.yaml: mlp: dropout must be a number in \[0, 1\)"),
