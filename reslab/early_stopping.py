@@ -43,6 +43,7 @@ class EarlyStopping:
     best_val_loss: float = math.inf
     wait: int = 0
     overfit_count: int = 0
+    stopped: StopReason | None = None   # the rule that fired: a run resumed after it trains no further epoch
 
     @classmethod
     def from_config(cls, config: Any) -> EarlyStopping:
@@ -52,6 +53,11 @@ class EarlyStopping:
 
     def step(self, val_loss: float) -> tuple[bool, StopReason | None]:
         """Feed one epoch's val loss; return (improved, stop reason or None)."""
+        improved, self.stopped = self._judge(val_loss)
+        return improved, self.stopped
+
+    def _judge(self, val_loss: float) -> tuple[bool, StopReason | None]:
+        """Both rules applied to one epoch's val loss (the counters updated)."""
         if not math.isfinite(val_loss):
             return False, StopReason.NAN
         overfitting = val_loss > self.best_val_loss * (1 + self.overfit_ratio) + self.overfit_delta
@@ -67,9 +73,13 @@ class EarlyStopping:
             return improved, StopReason.STAGNATION
         return improved, None
 
-    def state_dict(self) -> dict[str, float]:
-        return {"best_val_loss": self.best_val_loss, "wait": self.wait, "overfit_count": self.overfit_count}
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val_loss": self.best_val_loss, "wait": self.wait, "overfit_count": self.overfit_count,
+                "stopped": None if self.stopped is None else self.stopped.value}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_val_loss, self.wait, self.overfit_count = state["best_val_loss"], int(state["wait"]), \
             int(state["overfit_count"])
+        # Checkpoints written before this field existed come from runs that had not stopped, or from a kill
+        # between the stopping epoch and the test: the rule fires again at the next epoch then.
+        self.stopped = StopReason(state["stopped"]) if state.get("stopped") else None

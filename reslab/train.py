@@ -142,6 +142,9 @@ def train_model(model: nn.Module, train: Batches, val: Batches, config: TrainCon
     grad_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     step = make_step(step_model, optimizer, config, device, grad_params if config.log_grad_norms else None, graphs)
     stopped_by = StopReason.MAX_EPOCHS
+    if stopper.stopped is not None:
+        # Killed after the epoch a rule stopped at was saved (while testing, say): that epoch was the last.
+        stopped_by, first_epoch = stopper.stopped, config.epochs + 1
     if run_dir is not None and resume is None:
         # The state before epoch 1 (weights, RNG, batch order): a run stopped or killed in its first epoch resumes
         # as any other, instead of leaving a folder that can be neither resumed nor reused.

@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_with_nan(bad):
     stopper.step(1.0)
     before = stopper.state_dict()
     assert stopper.step(bad) == (False, "nan")
-    assert stopper.state_dict() == before                       # a NaN does not become the best
+    assert stopper.state_dict() == {**before, "stopped": "nan"}  # a NaN does not become the best
     stopper_off = EarlyStopping(stagnation_stop=False, overfit_stop=False)
     assert stopper_off.step(bad) == (False, "nan")              # even with both rules off
 
@@ -241,3 +241,15 @@ def test_replaying_metrics_gives_the_summary(tiny_data, tmp_path, settings, requ
     assert summary["best_val_loss"] == pytest.approx(stopper.best_val_loss)
     assert reason == request.node.callspec.id                   # the settings really trigger that stop
     assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] == reason
+
+
+def test_the_rule_that_fired_is_part_of_the_state():
+    """A resumed run must know its last saved epoch was the stopping one; older checkpoints lack the field."""
+    stopper = EarlyStopping(patience=1)
+    assert _replay(stopper, [1.0, 2.0])[-1][1] == "stagnation"
+    resumed = EarlyStopping(patience=1)
+    resumed.load_state_dict(json.loads(json.dumps(stopper.state_dict())))
+    assert resumed.stopped == "stagnation"
+    old = {k: v for k, v in EarlyStopping().state_dict().items() if k != "stopped"}
+    resumed.load_state_dict(old)
+    assert resumed.stopped is None

@@ -198,6 +198,24 @@ def test_resume_without_last_pth_says_how_to_start_again(tiny_data, tmp_path, ca
 
 
 @pytest.mark.slow   # a child process
+def test_a_kill_while_testing_an_early_stopped_run_then_resume_trains_no_further_epoch(tiny_data, tmp_path):
+    """The stopping epoch's last.pth is written before the test: a resume from it tests, as the run would have."""
+    # min_delta 100: epoch 1 improves on infinity, epoch 2 cannot improve, so stagnation (patience 1) stops there.
+    argv = ["train", "--model", "mlp", "--dataset", "mnist", "--epochs", "6", "--batch-size", "32", "--patience", "1",
+            "--min-delta", "100", "--no-overfit-stop", "--wandb", "disabled", "--data-dir", str(tiny_data),
+            "--out", str(tmp_path)]
+    assert main(argv + ["--name", "ref"]) == 0
+    kill_in_test = "import reslab.run\nreslab.run.evaluate = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)"
+    assert _run_killed(tiny_data, tmp_path, "run", kill_in_test, argv + ["--name", "run"]) == -signal.SIGKILL
+    run_dir = tmp_path / "run"
+    assert read_checkpoint(run_dir / "last.pth")["epoch"] == 2 and not (run_dir / "summary.json").exists()
+    assert main(["resume", str(run_dir)]) == 0
+    assert (_summary(run_dir)["epochs_run"], _summary(run_dir)["stopped_by"]) == (2, "stagnation")
+    assert _metrics(run_dir) == _metrics(tmp_path / "ref")
+    assert _summary(run_dir) == _summary(tmp_path / "ref")
+
+
+@pytest.mark.slow   # a child process
 def test_train_resume_flag_continues_a_killed_run(tiny_data, tmp_path, reference_run):
     assert _run_killed(tiny_data, tmp_path, "run", KILL_MID_EPOCH) == -signal.SIGKILL
     args = TRAIN + ["--data-dir", str(tiny_data), "--out", str(tmp_path), "--name", "run"]
