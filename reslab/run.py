@@ -79,8 +79,8 @@ def check_same_run(run_dir: Path, saved: dict[str, Any]) -> None:
         return
     recorded = load_yaml(path)
     if "method" in recorded:   # written by transfer.finetune, which trains in its own way (new head, phases)
-        raise ReslabError(f"cannot resume: {run_dir} is a transfer run ({recorded['method']}), and those are not "
-                          "resumed; run its experiment again (`reslab run NAME`, same --out) to train it anew")
+        raise ReslabError(f"cannot resume: {run_dir} is a transfer run ({recorded['method']}); run its experiment "
+                          "again (`reslab run NAME`, same --out), which continues it")
     # Compared as written: config.yaml holds lists where the checkpoint may hold tuples.
     differ = [key for key in RESULT_KEYS if key in recorded and key in saved and recorded[key] != finite(saved[key])]
     if differ:
@@ -245,7 +245,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -
               f"(lr={config.lr}) is the likely cause; {kept}", flush=True)
     elif summary["stopped_by"] == StopReason.INTERRUPTED:
         tested = "" if summary["best_epoch"] > 0 else " (no epoch had improved, so the test used the initial weights)"
-        again = ("running its experiment again trains it anew (transfer runs are not resumed)" if "method" in summary
+        again = ("running its experiment again (same --out) continues it" if "method" in summary
                  else f"continue with: reslab resume {run_dir}")
         print(f"stopped: interrupted; {again}{tested}", flush=True)
     print(f"test loss {summary['test_loss']:.4f}  accuracy {100 * summary['test_accuracy']:.2f}%  "

@@ -290,7 +290,7 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
             if train_run(src, overwrite and "train" in experiment["source"])["stopped_by"] == StopReason.INTERRUPTED:
                 raise KeyboardInterrupt
             checkpoint = src.run_dir / "best_model.pth"
-        todo = []
+        todo, resume = [], []
         for method in settings.methods:
             run_dir = folder / f"{method}-seed{seed}"
             if not overwrite and is_finished(run_dir):
@@ -298,10 +298,14 @@ def _run_transfer_experiment(experiment: dict[str, Any], seeds: int, overrides: 
                 say(f"reusing finished run {run_dir}")
             else:
                 todo.append(method)
+                # A fine-tuning cut short is continued, as a training run is (_run_locked checked its settings).
+                if not overwrite and (run_dir / "last.pth").is_file():
+                    say(f"resuming {run_dir}")
+                    resume.append(method)
             runs.append(run_dir.name)
         if todo:
             say(f"-- {experiment['name']}: {', '.join(todo)} seed {seed} from {checkpoint}")
-            summaries = transfer.run_transfer(checkpoint, data, target, settings, folder, todo)
+            summaries = transfer.run_transfer(checkpoint, data, target, settings, folder, todo, tuple(resume))
             if any(s.get("stopped_by") == StopReason.INTERRUPTED for s in summaries.values()):
                 raise KeyboardInterrupt
     return runs

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import MODEL_FIELDS, RESUME_KEYS, load_checkpoint, load_weights, read_checkpoint
 from .config import PROBES, TrainConfig, TransferSettings, settings_where
 from .datasets import Dataset, load_dataset
 from .device import hardware_name, resolve_device, seed_everything, set_threads, to_channels_last
@@ -117,8 +117,9 @@ def run_settings(method: str, config: TrainConfig, settings: TransferSettings, c
 
 
 def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, settings: TransferSettings,
-                 folder: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Transfer one source checkpoint to `data` by each method; write <folder>/<method>-seed<k>/; return summaries."""
+                 folder: Path, methods: list[str], resume: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Transfer one source checkpoint to `data` by each method; write <folder>/<method>-seed<k>/; return summaries.
+    The fine-tunings named in `resume` continue from their run folder's last.pth."""
     network, ckpt = load_checkpoint(checkpoint_path)
     check_input_shape(ckpt, Path(checkpoint_path), data)
     config = config.replace(model=ckpt["model"], model_args=dict(ckpt["model_args"]))
@@ -133,7 +134,8 @@ def run_transfer(checkpoint_path: Path, data: Dataset, config: TrainConfig, sett
         summaries.update(probe_runs(freeze(network), ckpt, source, data, config, settings, folder, probes))
     for method in ("finetune", "staged"):
         if method in methods:
-            summaries[method] = finetune(network, ckpt, source, data, config, settings, folder, method)
+            summaries[method] = finetune(network, ckpt, source, data, config, settings, folder, method,
+                                         resume=method in resume)
     return summaries
 
 
@@ -190,6 +192,11 @@ def training_indices(data: Dataset, config: TrainConfig, limit: int | None = Non
         train_subset=min(limit, config.train_subset or limit)))[0]
 
 
+def _phase_record(record: dict[str, Any], offset: int, phase: str) -> dict[str, Any]:
+    """A phase's epoch record as metrics.jsonl holds it: numbered after the earlier phases' epochs, phase named."""
+    return {**record, "epoch": record["epoch"] + offset, "phase": phase}
+
+
 class _PhaseTracker(Tracker):
     """Numbers a phase's epochs after the previous phase's and marks each record with its phase."""
 
@@ -197,40 +204,74 @@ class _PhaseTracker(Tracker):
         self.tracker, self.offset, self.phase = tracker, offset, phase
 
     def log_epoch(self, record):
-        self.tracker.log_epoch({**record, "epoch": record["epoch"] + self.offset, "phase": self.phase})
+        self.tracker.log_epoch(_phase_record(record, self.offset, self.phase))
+
+
+def _plain_history(history: History) -> dict[str, Any]:
+    """A finished phase's History as plain values, for the checkpoints of the phases after it."""
+    return {**vars(history), "stopped_by": str(history.stopped_by)}
+
+
+def read_finetune_state(run_dir: Path, model: nn.Module, phases: int) -> dict[str, Any]:
+    """The last.pth of an unfinished fine-tuning, checked to fit `model` and to name fewer finished phases than
+    the fine-tuning has."""
+    path = run_dir / "last.pth"
+    state = read_checkpoint(path, MODEL_FIELDS + ("epoch", "config") + RESUME_KEYS)
+    load_weights(model, state["state_dict"], path)
+    try:
+        state["phases_done"] = [History(**{**h, "stopped_by": StopReason(h["stopped_by"])})
+                                for h in state.get("phases_done", [])]
+    except (TypeError, KeyError, ValueError):
+        state["phases_done"] = None
+    if state["phases_done"] is None or len(state["phases_done"]) >= phases:
+        raise ReslabError(f"{path}: its finished phases (phases_done) are damaged; run the experiment again with "
+                          "--overwrite")
+    return state
 
 
 def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], data: Dataset, config: TrainConfig,
-             settings: TransferSettings, folder: Path, method: str = "finetune") -> dict[str, Any]:
-    """Train the source network with a fresh head on the target; `staged` trains the head alone first."""
+             settings: TransferSettings, folder: Path, method: str = "finetune",
+             resume: bool = False) -> dict[str, Any]:
+    """Train the source network with a fresh head on the target; `staged` trains the head alone first. `resume`
+    continues the unfinished fine-tuning in the run folder from its last.pth (phase and epoch)."""
     run_dir = folder / f"{method}-seed{config.seed}"
     config = config.replace(name=run_dir.name, out=str(folder), wandb_job_type=method)
     seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
     if device.type == "cpu":
         config = config.replace(threads=set_threads(config.threads))
+    # Staged and full fine-tuning get the same epoch budget; the last epoch at least trains everything.
+    head_epochs = min(settings.head_epochs, config.epochs - 1) if method == "staged" else 0
+    phases = ([("head", head_epochs)] if head_epochs else []) + [("all", config.epochs - head_epochs)]
     model = with_new_head(network, data.num_classes)
+    state = read_finetune_state(run_dir, model, len(phases)) if resume else None
     channels_last = to_channels_last(model)
     loaders = make_loaders(data, config, device, channels_last=channels_last)
     facts = run_facts(data, loaders, model, device)
     settings_used = run_settings(method, config, settings, Path(source["source_checkpoint"]))
     meta = checkpoint_meta(data, facts)
-    # Staged and full fine-tuning get the same epoch budget; the last epoch at least trains everything.
-    head_epochs = min(settings.head_epochs, config.epochs - 1) if method == "staged" else 0
-    phases = ([("head", head_epochs)] if head_epochs else []) + [("all", config.epochs - head_epochs)]
-    histories: list[History] = []
-    with RunFolder(run_dir, {**config.to_dict(), **facts, **settings_used}, wandb=wandb_tracker(config, run_dir),
-                   console_epochs=config.epochs, overwrite=True) as run:
-        for phase, epochs in phases:
+    # Phases finished before an interruption are taken from last.pth; training goes on in the phase it names.
+    histories: list[History] = state["phases_done"] if state else []
+    logged = [_phase_record(r, sum(len(h.epochs) for h in histories[:i]), phases[i][0])
+              for i, h in enumerate(histories) for r in h.epochs]
+    if state:
+        logged += [_phase_record(r, len(logged), phases[len(histories)][0]) for r in state["history"]]
+    wandb = wandb_tracker(config, run_dir, run_id=state.get("wandb_id") if state else None)
+    with RunFolder(run_dir, {**config.to_dict(), **facts, **settings_used}, wandb=wandb, console_epochs=config.epochs,
+                   history=logged, resume=state is not None, overwrite=state is None) as run:
+        meta["wandb_id"] = run.wandb_id
+        for phase, epochs in phases[len(histories):]:
             head = model.get_submodule(classifier_name(model))
             for p in model.parameters():
                 p.requires_grad_(phase == "all")
             for p in head.parameters():
                 p.requires_grad_(True)
             offset = sum(len(h.epochs) for h in histories)
+            phase_meta = {**meta, "phases_done": [_plain_history(h) for h in histories]}
             histories.append(train_model(model, loaders.train, loaders.val, config.replace(epochs=epochs),
                                          tracker=_PhaseTracker(run.trackers, offset, phase), run_dir=run_dir,
-                                         checkpoint_meta=meta, device=device))
+                                         checkpoint_meta=phase_meta, device=device, resume=state))
+            state = None   # only the phase last.pth names is resumed
             if histories[-1].stopped_by in (StopReason.INTERRUPTED, StopReason.NAN):
                 break
         test = evaluate(model, loaders.test, data.num_classes, config.amp)

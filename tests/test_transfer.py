@@ -142,9 +142,20 @@ def test_a_user_transfer_file_can_name_any_checkpoint(fashion, tmp_path):
     assert "| knn (k nearest neighbours" in Path(result["report"]).read_text()
 
 
-def test_an_interrupted_fine_tuning_says_how_to_go_on_and_reslab_resume_refuses_it(fashion, tmp_path, monkeypatch,
-                                                                                     capsys):
-    """Fine-tuning is trained anew by its experiment, not resumed: the console and `reslab resume` both say so."""
+def _without_timings(run_dir: Path) -> tuple[list[dict], dict]:
+    """A run folder's metrics and summary, less what depends on the clock."""
+    metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k != "train_seconds"}
+    return metrics, summary
+
+
+@pytest.mark.parametrize("method, stop_in", [("finetune", 2), ("staged", 1), ("staged", 3)],
+                         ids=["finetune-epoch2", "staged-head-phase", "staged-second-phase"])
+def test_an_interrupted_fine_tuning_continues_when_its_experiment_runs_again(fashion, tmp_path, monkeypatch, capsys,
+                                                                             method, stop_in):
+    """Ctrl-C in a fine-tuning epoch, then the same command: it resumes there (in its phase) and ends exactly as
+    an uninterrupted fine-tuning; `reslab resume` of the folder points at the experiment."""
     import os
     import signal
 
@@ -153,29 +164,55 @@ def test_an_interrupted_fine_tuning_says_how_to_go_on_and_reslab_resume_refuses_
     _, folder, data = fashion
     path = tmp_path / "mine.yaml"
     path.write_text(f"kind: transfer\nsource: {{checkpoint: {folder / 'source-rescnn3-seed0' / 'best_model.pth'}}}\n"
-                    "train: {dataset: fashionmnist}\ntransfer: {methods: [finetune]}\n")
-    original = reslab.loader.TensorLoader.__iter__
+                    f"train: {{dataset: fashionmnist}}\ntransfer: {{methods: [{method}], head_epochs: 1}}\n")
+    argv = ["run", str(path), "--epochs", "3", "--wandb", "disabled", "--train-subset", "100", "--data-dir", str(data)]
+    assert main(argv + ["--out", str(tmp_path / "uninterrupted")]) == 0
+    original, epochs = reslab.loader.TensorLoader.__iter__, []
 
     def iterate(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and i == 0:   # Ctrl-C in the first fine-tuning epoch (its one batch)
+        if self.shuffle:
+            epochs.append(1)
+        for batch in original(self):
+            if self.shuffle and len(epochs) == stop_in:   # Ctrl-C in that training epoch (its one batch)
                 os.kill(os.getpid(), signal.SIGINT)
             yield batch
 
     monkeypatch.setattr(reslab.loader.TensorLoader, "__iter__", iterate)
-    argv = ["run", str(path), "--epochs", "1", "--wandb", "disabled", "--train-subset", "100", "--data-dir", str(data),
-            "--out", str(tmp_path / "runs")]
-    assert main(argv) == 130
-    out = capsys.readouterr().out
-    assert "stopped: interrupted; running its experiment again trains it anew (transfer runs are not resumed)" in out
-    assert "reslab resume" not in out
-    run_dir = tmp_path / "runs" / "mine" / "finetune-seed0"
+    runs = tmp_path / "runs"
+    capsys.readouterr()
+    assert main(argv + ["--out", str(runs)]) == 130
+    assert "stopped: interrupted; running its experiment again (same --out) continues it" in capsys.readouterr().out
+    run_dir = runs / "mine" / f"{method}-seed0"
     assert main(["resume", str(run_dir)]) == 2
-    assert (f"cannot resume: {run_dir} is a transfer run (finetune), and those are not resumed; run its experiment "
-            "again") in capsys.readouterr().err
+    assert (f"cannot resume: {run_dir} is a transfer run ({method}); run its experiment again (`reslab run NAME`, "
+            "same --out), which continues it") in capsys.readouterr().err
     monkeypatch.undo()
-    assert main(argv) == 0   # the experiment again: trained anew
-    assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] != "interrupted"
+    assert main(argv + ["--out", str(runs)]) == 0
+    assert f"resuming {run_dir}" in capsys.readouterr().out
+    assert _without_timings(run_dir) == _without_timings(tmp_path / "uninterrupted" / "mine" / f"{method}-seed0")
+
+
+def test_a_cut_short_fine_tuning_is_checked_and_replaced_by_overwrite(fashion, tmp_path, capsys):
+    from reslab.cli import main
+    _, folder, data = fashion
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"kind: transfer\nsource: {{checkpoint: {folder / 'source-rescnn3-seed0' / 'best_model.pth'}}}\n"
+                    "train: {dataset: fashionmnist}\ntransfer: {methods: [finetune]}\n")
+    argv = ["run", str(path), "--wandb", "disabled", "--train-subset", "100", "--data-dir", str(data),
+            "--out", str(tmp_path / "runs")]
+    assert main(argv + ["--epochs", "2"]) == 0
+    run_dir = tmp_path / "runs" / "mine" / "finetune-seed0"
+    (run_dir / "summary.json").unlink()   # as if killed before its test
+    assert main(argv + ["--epochs", "3"]) == 2
+    assert (f"{run_dir} holds a run with epochs=2, this one wants 3; use --overwrite"
+            in capsys.readouterr().err)
+    state = torch.load(run_dir / "last.pth", weights_only=True)
+    torch.save({**state, "phases_done": [{"epochs": "?"}]}, run_dir / "last.pth")   # damaged by hand
+    assert main(argv + ["--epochs", "2"]) == 2
+    assert f"{run_dir / 'last.pth'}: its finished phases (phases_done) are damaged" in capsys.readouterr().err
+    assert main(argv + ["--epochs", "3", "--overwrite"]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 3
 
 
 @pytest.mark.filterwarnings("ignore:The number of unique classes")   # tiny CIFAR-100: one image per class
