@@ -169,6 +169,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ReslabError(f"{run_dir} is a file, not a folder")
     if resume and not run_dir.is_dir():
         raise ReslabError(f"cannot resume: {run_dir} does not exist")
+    if not run_dir.exists():
+        check_can_create(run_dir)
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
     if entries and not is_reslab_folder(run_dir):
         raise ReslabError(f"{run_dir} holds files that are not a reslab run; choose another --out or --name "
@@ -180,6 +182,16 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if not resume and not overwrite and entries:
         raise ReslabError(f"run folder {run_dir} already exists; use --resume to continue it, --overwrite to "
                           "replace it, or --name for a new one")
+
+
+def check_can_create(folder: Path) -> None:
+    """A folder that does not exist yet could be made: its nearest existing parent is a folder we may write in.
+    Nothing is created, so a command refused later for another reason leaves no empty folders behind."""
+    parent = next(p for p in folder.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise ReslabError(f"output folder {folder} cannot be made: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ReslabError(f"output folder {folder} cannot be made: {parent} is not writable")
 
 
 def empty_folder(folder: Path) -> None:

@@ -185,11 +185,14 @@ def test_missing_config_file(data, tmp_path, capsys):
     assert "does not exist" in err
 
 
-def test_output_folder_not_writable(data, tmp_path, capsys):
+def test_output_folder_that_cannot_be_made_is_named_before_the_data_is_looked_for(tmp_path, capsys):
+    empty = tmp_path / "empty"   # no dataset here: reading it would fail, or try a download, first
+    empty.mkdir()
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    err = _fails_cleanly(_run(data, blocker / "runs"), capsys, tmp_path)
-    assert "not writable" in err
+    err = _fails_cleanly(_run(empty, blocker / "runs"), capsys, tmp_path)
+    assert f"output folder {blocker / 'runs' / 'mlp-mnist-seed0'} cannot be made: {blocker} is a file, not a " \
+        "folder" in err
 
 
 def test_existing_run_folder(data, tmp_path, capsys):
