@@ -56,9 +56,8 @@ def training_summary(history: History, test: dict[str, Any], data: Dataset, devi
     return summary
 
 
-def read_resume_state(run_dir: Path) -> dict[str, Any]:
-    """A run folder's last.pth, checked to hold everything a resume needs and to be this folder's run (and its best
-    checkpoint)."""
+def read_last(run_dir: Path) -> dict[str, Any]:
+    """A run folder's last.pth, checked to hold everything a resume needs (a training run's or a fine-tuning's)."""
     state = read_checkpoint(run_dir / "last.pth", MODEL_FIELDS + ("epoch",))
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
@@ -66,6 +65,12 @@ def read_resume_state(run_dir: Path) -> dict[str, Any]:
                           f"({', '.join(missing)} missing); is it a copy of best_model.pth?")
     if not isinstance(state.get("config"), dict):
         raise ReslabError(f"cannot resume: {run_dir / 'last.pth'} holds no settings (config); it was changed by hand")
+    return state
+
+
+def read_resume_state(run_dir: Path) -> dict[str, Any]:
+    """A training run's last.pth (read_last), checked to be this folder's run, and its best checkpoint."""
+    state = read_last(run_dir)
     check_same_run(run_dir, state["config"])
     recover_best(run_dir, state["best_epoch"])   # its best checkpoint is checked before anything is written
     return state
@@ -236,8 +241,9 @@ def _check_fits(model: torch.nn.Module, data: Dataset, resume_state: dict[str, A
         raise ReslabError(f"cannot resume: {exc}") from None
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -> None:
-    """The closing lines of a run on the console."""
+def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig, go_on: str | None = None) -> None:
+    """The closing lines of a run on the console; `go_on` says how to continue it if interrupted (default: reslab
+    resume)."""
     if summary["stopped_by"] == StopReason.NAN:
         kept = ("the best weights so far were kept" if summary["best_epoch"] > 0
                 else "no epoch finished, so the test used the initial weights")
@@ -245,9 +251,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path, config: TrainConfig) -
               f"(lr={config.lr}) is the likely cause; {kept}", flush=True)
     elif summary["stopped_by"] == StopReason.INTERRUPTED:
         tested = "" if summary["best_epoch"] > 0 else " (no epoch had improved, so the test used the initial weights)"
-        again = ("running its experiment again (same --out) continues it" if "method" in summary
-                 else f"continue with: reslab resume {run_dir}")
-        print(f"stopped: interrupted; {again}{tested}", flush=True)
+        print(f"stopped: interrupted; {go_on or f'continue with: reslab resume {run_dir}'}{tested}", flush=True)
     print(f"test loss {summary['test_loss']:.4f}  accuracy {100 * summary['test_accuracy']:.2f}%  "
           f"precision {100 * summary['test_precision']:.2f}%  ({summary['epochs_run']} epochs, best "
           f"{summary['best_epoch']}, stopped by {summary['stopped_by']}, {summary['train_seconds']:.1f}s)", flush=True)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import MODEL_FIELDS, RESUME_KEYS, load_checkpoint, load_weights, read_checkpoint
+from .checkpoint import load_checkpoint, load_weights, recover_best
 from .config import PROBES, TrainConfig, TransferSettings, settings_where
 from .datasets import Dataset, load_dataset
 from .device import hardware_name, resolve_device, seed_everything, set_threads, to_channels_last
@@ -18,7 +18,7 @@ from .early_stopping import StopReason
 from .errors import ReslabError
 from .evaluate import classification_metrics, evaluate
 from .loader import TensorLoader, make_loaders, split_indices
-from .run import checkpoint_meta, print_summary, run_facts, training_summary
+from .run import checkpoint_meta, print_summary, read_last, run_facts, training_summary
 from .runfolder import RunFolder, read_json
 from .tracking import Tracker, wandb_tracker
 from .train import History, train_model
@@ -212,21 +212,33 @@ def _plain_history(history: History) -> dict[str, Any]:
     return {**vars(history), "stopped_by": str(history.stopped_by)}
 
 
+def _phase_history(values: Any) -> History:
+    """A finished phase's History from the plain values _plain_history wrote (ValueError if they are not those)."""
+    if not isinstance(values, dict) or not _records(values.get("epochs")):
+        raise ValueError("not a phase's history")
+    return History(**{**values, "stopped_by": StopReason(values.get("stopped_by"))})
+
+
+def _records(value: Any) -> bool:
+    """Whether a value is a list of epoch records (dicts numbered by `epoch`)."""
+    return isinstance(value, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in value)
+
+
 def read_finetune_state(run_dir: Path, model: nn.Module, phases: int) -> dict[str, Any]:
-    """The last.pth of an unfinished fine-tuning, checked to fit `model` and to name fewer finished phases than
-    the fine-tuning has."""
+    """The last.pth of an unfinished fine-tuning (read_last), checked to fit `model` and to name fewer finished
+    phases than the fine-tuning has; its best checkpoint recovered."""
     path = run_dir / "last.pth"
-    state = read_checkpoint(path, MODEL_FIELDS + ("epoch", "config") + RESUME_KEYS)
+    state = read_last(run_dir)
     load_weights(model, state["state_dict"], path)
     try:
-        state["phases_done"] = [History(**{**h, "stopped_by": StopReason(h["stopped_by"])})
-                                for h in state.get("phases_done", [])]
-    except (TypeError, KeyError, ValueError):
-        state["phases_done"] = None
-    if state["phases_done"] is None or len(state["phases_done"]) >= phases:
-        raise ReslabError(f"{path}: its finished phases (phases_done) are damaged; run the experiment again with "
-                          "--overwrite")
-    return state
+        done = [_phase_history(h) for h in state.get("phases_done", [])]
+    except (TypeError, ValueError):
+        done = None
+    if done is None or len(done) >= phases or not _records(state["history"]):
+        raise ReslabError(f"{path}: its epoch records (history, phases_done) are damaged; run the experiment "
+                          "again with --overwrite")
+    recover_best(run_dir, state["best_epoch"])   # checked before anything is written
+    return {**state, "phases_done": done}
 
 
 def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], data: Dataset, config: TrainConfig,
@@ -252,10 +264,9 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
     meta = checkpoint_meta(data, facts)
     # Phases finished before an interruption are taken from last.pth; training goes on in the phase it names.
     histories: list[History] = state["phases_done"] if state else []
-    logged = [_phase_record(r, sum(len(h.epochs) for h in histories[:i]), phases[i][0])
-              for i, h in enumerate(histories) for r in h.epochs]
-    if state:
-        logged += [_phase_record(r, len(logged), phases[len(histories)][0]) for r in state["history"]]
+    logged: list[dict[str, Any]] = []   # metrics.jsonl so far: every phase's records, numbered on
+    for (phase, _), records in zip(phases, [h.epochs for h in histories] + ([state["history"]] if state else [])):
+        logged += [_phase_record(r, len(logged), phase) for r in records]
     wandb = wandb_tracker(config, run_dir, run_id=state.get("wandb_id") if state else None)
     with RunFolder(run_dir, {**config.to_dict(), **facts, **settings_used}, wandb=wandb, console_epochs=config.epochs,
                    history=logged, resume=state is not None, overwrite=state is None) as run:
@@ -279,7 +290,7 @@ def finetune(network: nn.Module, ckpt: dict[str, Any], source: dict[str, Any], d
                    **source, "seed": config.seed, "head_epochs": len(histories[0].epochs) if head_epochs else 0,
                    **training_summary(_joined(histories), test, data, device, facts)}
         run.finish(summary)
-    print_summary(summary, run_dir, config)
+    print_summary(summary, run_dir, config, go_on="running its experiment again (same --out) continues it")
     return summary
 
 

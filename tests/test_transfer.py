@@ -207,9 +207,13 @@ def test_a_cut_short_fine_tuning_is_checked_and_replaced_by_overwrite(fashion, t
     assert (f"{run_dir} holds a run with epochs=2, this one wants 3; use --overwrite"
             in capsys.readouterr().err)
     state = torch.load(run_dir / "last.pth", weights_only=True)
-    torch.save({**state, "phases_done": [{"epochs": "?"}]}, run_dir / "last.pth")   # damaged by hand
-    assert main(argv + ["--epochs", "2"]) == 2
-    assert f"{run_dir / 'last.pth'}: its finished phases (phases_done) are damaged" in capsys.readouterr().err
+    for damaged in ({"phases_done": [{"epochs": "?"}]},                               # edited by hand
+                    {"phases_done": [{"epochs": "ab", "stopped_by": "max_epochs"}]},
+                    {"history": [{"loss": 1.0}]}):
+        torch.save({**state, **damaged}, run_dir / "last.pth")
+        assert main(argv + ["--epochs", "2"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run_dir / 'last.pth'}: its epoch records (history, phases_done) are damaged" in err
     assert main(argv + ["--epochs", "3", "--overwrite"]) == 0
     assert "resuming" not in capsys.readouterr().out
     assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 3
