@@ -164,10 +164,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+EPOCHS = 30
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the children through /proc")
 def test_jobs_children_stop_when_their_parent_dies(tiny_data, tmp_path):
-    # 5 epochs of 270 single-image steps: long enough to be killed in training, short enough to finish on rerun.
-    args = ["run", "ex1", "--seeds", "2", "--jobs", "2", "--epochs", "5", "--batch-size", "1",
+    # 30 epochs of 270 single-image steps (0.25-0.4 s each here): the parent is killed once both runs have an
+    # epoch, so the run that started first must not finish meanwhile (with 5 epochs, a start 1.2 s apart on a busy
+    # CI machine let one end by max_epochs); short enough to finish on the rerun.
+    args = ["run", "ex1", "--seeds", "2", "--jobs", "2", "--epochs", str(EPOCHS), "--batch-size", "1",
             "--no-stagnation-stop", "--no-overfit-stop", "--wandb", "disabled", "--data-dir", str(tiny_data),
             "--out", str(tmp_path)]
     folders = [tmp_path / "ex1" / f"mlp-seed{seed}" for seed in (0, 1)]
@@ -191,7 +196,7 @@ def test_jobs_children_stop_when_their_parent_dies(tiny_data, tmp_path):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for run_dir in folders:   # each stopped politely: last.pth, the best weights tested, `interrupted`
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["stopped_by"] == "interrupted" and 1 <= summary["epochs_run"] < 5
+        assert summary["stopped_by"] == "interrupted" and 1 <= summary["epochs_run"] < EPOCHS
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["threads"] == max(1, cores // 2)
     rerun = subprocess.run([sys.executable, "-m", "reslab", *args], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
@@ -199,6 +204,6 @@ def test_jobs_children_stop_when_their_parent_dies(tiny_data, tmp_path):
     assert rerun.stdout.count("resuming ") == 2
     assert json.loads((tmp_path / "ex1" / "study.json").read_text())["status"] == "done"
     for run_dir in folders:
-        assert _epochs(run_dir) == list(range(1, 6))
+        assert _epochs(run_dir) == list(range(1, EPOCHS + 1))
         assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] == "max_epochs"
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["threads"] == max(1, cores // 2)
